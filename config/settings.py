@@ -1,0 +1,263 @@
+"""tutorloop settings: everything from environment variables, each with an embedded default.
+
+The embedded default (no variables set) runs on one machine with no servers: SQLite under
+``var/``, a filesystem Celery broker under ``var/``, the bundled demo model and the local
+endpoint on 127.0.0.1. Production sets ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``,
+``DEBUG=false``, ``ALLOWED_HOSTS`` and friends (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from config.env import (
+    BASE_DIR,
+    BROKER_SCHEMES,
+    bool_var,
+    database_config,
+    env,
+    float_var,
+    int_var,
+    list_var,
+    secret_key,
+    url_var,
+)
+
+VAR_DIR = BASE_DIR / "var"
+if env.str("TUTOR_VAR_DIR", default=None):
+    from pathlib import Path
+
+    VAR_DIR = Path(env.str("TUTOR_VAR_DIR")).resolve()
+
+# --- core ---------------------------------------------------------------------------------
+DEBUG = bool_var("DEBUG", True)
+SECRET_KEY = secret_key(DEBUG, VAR_DIR)
+ALLOWED_HOSTS = list_var("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = list_var("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in _origin:
+        from config.env import SettingError
+
+        raise SettingError(f"CSRF_TRUSTED_ORIGINS={_origin!r} is not valid: each origin needs a scheme")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "tutor",
+    "feedback",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "tutor.context_processors.roles",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------------------------
+DATABASES = {"default": database_config("DATABASE_URL", VAR_DIR / "db.sqlite3")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", int_var("DB_CONN_MAX_AGE", 0, minimum=0))
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # WAL + a busy timeout let the web, worker and beat processes share one SQLite file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE",
+         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+    # Tests use a file (not :memory:) so that worker processes see the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- auth -------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+TUTOR_ALLOW_SIGNUP = bool_var("TUTOR_ALLOW_SIGNUP", True)
+
+# --- i18n / static ---------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+MEDIA_ROOT = VAR_DIR / "media"
+DATA_UPLOAD_MAX_MEMORY_SIZE = int_var("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024, minimum=1024)
+
+# --- security (production) -------------------------------------------------------------------
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = bool_var("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int_var("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {
+        "student_messages": env.str("TUTOR_MESSAGE_RATE", default="30/min"),
+    },
+    "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "tutorloop API",
+    "DESCRIPTION": "Chat with the tutor, label completions, run the RLHF pipeline.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # the docs UI is served from the vendored sidecar, never a CDN
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- cache ----------------------------------------------------------------------------------------
+REDIS_URL = url_var("REDIS_URL", None, {"redis", "rediss"})
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
+# --- Celery -----------------------------------------------------------------------------------------
+_BROKER_DIR = VAR_DIR / "celery" / "broker"
+_default_broker = REDIS_URL or "filesystem://"
+CELERY_BROKER_URL = url_var("CELERY_BROKER_URL", _default_broker, BROKER_SCHEMES)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _sub in ("queue", "processed", "control"):
+        os.makedirs(_BROKER_DIR / _sub, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+        "control_folder": str(_BROKER_DIR / "control"),
+    }
+_results_dir = VAR_DIR / "celery" / "results"
+CELERY_RESULT_BACKEND = url_var(
+    "CELERY_RESULT_BACKEND", REDIS_URL or f"file://{_results_dir}", {"redis", "rediss", "file", "db+sqlite", "rpc"}
+)
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    os.makedirs(_results_dir, exist_ok=True)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = int_var("CELERY_TASK_SOFT_TIME_LIMIT", 3600, minimum=1)
+CELERY_TASK_TIME_LIMIT = int_var("CELERY_TASK_TIME_LIMIT", 3900, minimum=1)
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_ALWAYS_EAGER = False
+HEALTHZ_WORKER_TIMEOUT = float_var("HEALTHZ_WORKER_TIMEOUT", 1.0, lo=0.1, hi=30)
+HEALTHZ_CHECK_ENDPOINT = bool_var("HEALTHZ_CHECK_ENDPOINT", True)
+
+# --- model & endpoint ------------------------------------------------------------------------------
+TUTOR_BASE_MODEL = env.str("TUTOR_BASE_MODEL", default="demo")  # "demo" = the bundled demo model
+TUTOR_ENDPOINT_URL = url_var("TUTOR_ENDPOINT_URL", "http://127.0.0.1:8080", {"http", "https"})
+TUTOR_ENDPOINT_ADMIN_TOKEN = env.str("TUTOR_ENDPOINT_ADMIN_TOKEN", default="") or None
+TUTOR_ENDPOINT_TIMEOUT = float_var("TUTOR_ENDPOINT_TIMEOUT", 60.0, lo=0.1, hi=3600)
+TUTOR_MODELS_DIR = VAR_DIR / "models"
+TUTOR_DATASETS_DIR = VAR_DIR / "datasets"
+
+# --- tutor (chat) -----------------------------------------------------------------------------------
+TUTOR_MAX_MESSAGE_CHARS = int_var("TUTOR_MAX_MESSAGE_CHARS", 2000, minimum=10)
+TUTOR_MAX_NEW_TOKENS = int_var("TUTOR_MAX_NEW_TOKENS", 96, minimum=1)
+
+# --- feedback (labeling) ----------------------------------------------------------------------------
+FEEDBACK_K = int_var("FEEDBACK_K", 4, minimum=2)
+FEEDBACK_OVERLAP = int_var("FEEDBACK_OVERLAP", 2, minimum=1)
+FEEDBACK_LEASE_SECONDS = int_var("FEEDBACK_LEASE_SECONDS", 600, minimum=10)
+FEEDBACK_TEMPERATURE = float_var("FEEDBACK_TEMPERATURE", 1.0, lo=0.0, hi=5.0)
+FEEDBACK_GOLD_RATE = float_var("FEEDBACK_GOLD_RATE", 0.1, lo=0.0, hi=1.0)
+FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1024)
+
+# --- training (pipeline) ----------------------------------------------------------------------------
+TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
+TRAINING_CANARY_SHARE = float_var("TRAINING_CANARY_SHARE", 0.1, lo=0.0, hi=1.0)
+TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
+TUTOR_DEPLOY_TARGET = env.str("TUTOR_DEPLOY_TARGET", default="local")
+if TUTOR_DEPLOY_TARGET not in {"local", "sagemaker"}:
+    from config.env import SettingError
+
+    raise SettingError(f"TUTOR_DEPLOY_TARGET={TUTOR_DEPLOY_TARGET!r} is not valid: expected local or sagemaker")
+
+# --- logging ---------------------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

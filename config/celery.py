@@ -17,3 +17,16 @@ app.autodiscover_tasks()
 def ping(value: str = "pong") -> str:
     """A trivial task used by health checks and the worker tests."""
     return value
+
+
+@app.task(name="config.beat_probe", ignore_result=True)
+def beat_probe(path: str) -> None:
+    """Write a timestamp to ``path``: proof that beat sent a task and a worker ran it."""
+    import time
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(f"{time.time()}\n")
+    tmp.replace(target)

@@ -9,6 +9,7 @@ endpoint on 127.0.0.1. Production sets ``DATABASE_URL``, ``REDIS_URL``, ``SECRET
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from config.env import (
     BASE_DIR,
@@ -175,6 +176,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"SubjectEnum": "tutor.models.SUBJECT_CHOICES"},
 }
 
 # --- cache ----------------------------------------------------------------------------------------
@@ -230,12 +232,15 @@ TUTOR_BASE_MODEL = env.str("TUTOR_BASE_MODEL", default="demo")  # "demo" = the b
 TUTOR_ENDPOINT_URL = url_var("TUTOR_ENDPOINT_URL", "http://127.0.0.1:8080", {"http", "https"})
 TUTOR_ENDPOINT_ADMIN_TOKEN = env.str("TUTOR_ENDPOINT_ADMIN_TOKEN", default="") or None
 TUTOR_ENDPOINT_TIMEOUT = float_var("TUTOR_ENDPOINT_TIMEOUT", 60.0, lo=0.1, hi=3600)
-TUTOR_MODELS_DIR = VAR_DIR / "models"
+# where the registry writes adapters and reward models (default <var>/models; tests point it elsewhere)
+TUTOR_MODELS_DIR = Path(env.str("TUTOR_MODELS_DIR", default=str(VAR_DIR / "models"))).resolve()
 TUTOR_DATASETS_DIR = VAR_DIR / "datasets"
 
 # --- tutor (chat) -----------------------------------------------------------------------------------
 TUTOR_MAX_MESSAGE_CHARS = int_var("TUTOR_MAX_MESSAGE_CHARS", 2000, minimum=10)
 TUTOR_MAX_NEW_TOKENS = int_var("TUTOR_MAX_NEW_TOKENS", 96, minimum=1)
+# the newest turns sent to the endpoint, in characters (its prompt limit is in tokens)
+TUTOR_CONTEXT_CHARS = int_var("TUTOR_CONTEXT_CHARS", 3000, minimum=100)
 
 # --- feedback (labeling) ----------------------------------------------------------------------------
 FEEDBACK_K = int_var("FEEDBACK_K", 4, minimum=2)
@@ -250,10 +255,48 @@ TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
 TRAINING_CANARY_SHARE = float_var("TRAINING_CANARY_SHARE", 0.1, lo=0.0, hi=1.0)
 TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
 TUTOR_DEPLOY_TARGET = env.str("TUTOR_DEPLOY_TARGET", default="local")
+# the evaluation gate (rlhf.evaluation): a candidate is promoted only if every enabled suite passes
+TRAINING_GATE_SUITES = list_var("TRAINING_GATE_SUITES", ["reward_win_rate", "answer_key_accuracy", "kl",
+                                                         "length_drift", "harmlessness"])
+TRAINING_GATE_MIN_WIN_RATE = float_var("TRAINING_GATE_MIN_WIN_RATE", 0.5, lo=0.0, hi=1.0)
+TRAINING_GATE_ACCURACY_TOLERANCE = float_var("TRAINING_GATE_ACCURACY_TOLERANCE", 0.0, lo=0.0, hi=1.0)
+TRAINING_GATE_MAX_KL = float_var("TRAINING_GATE_MAX_KL", 8.0, lo=0.0, hi=1e6)  # nats per response
+TRAINING_GATE_MAX_LENGTH_DRIFT = float_var("TRAINING_GATE_MAX_LENGTH_DRIFT", 0.5, lo=0.0, hi=100.0)
+TRAINING_GATE_MAX_UNSAFE_RATE = float_var("TRAINING_GATE_MAX_UNSAFE_RATE", 0.0, lo=0.0, hi=1.0)
+TRAINING_GATE_PROMPTS = int_var("TRAINING_GATE_PROMPTS", 32, minimum=1)  # held-out prompts per subject
+# a subject is trained only when the snapshot holds at least this many of its pairs
+TRAINING_MIN_SUBJECT_PAIRS = int_var("TRAINING_MIN_SUBJECT_PAIRS", 8, minimum=1)
+# a running job whose heartbeat is older than this is dead (its worker was lost): the reaper fails it
+TRAINING_HEARTBEAT_SECONDS = float_var("TRAINING_HEARTBEAT_SECONDS", 5.0, lo=0.1, hi=600)
+TRAINING_JOB_STALE_SECONDS = float_var("TRAINING_JOB_STALE_SECONDS", 60.0, lo=1.0, hi=86400)
+TRAINING_REAPER_INTERVAL = float_var("TRAINING_REAPER_INTERVAL", 30.0, lo=1.0, hi=86400)
+TRAINING_DEPLOY_ATTEMPTS = int_var("TRAINING_DEPLOY_ATTEMPTS", 5, minimum=1)
+
 if TUTOR_DEPLOY_TARGET not in {"local", "sagemaker"}:
     from config.env import SettingError
 
     raise SettingError(f"TUTOR_DEPLOY_TARGET={TUTOR_DEPLOY_TARGET!r} is not valid: expected local or sagemaker")
+# SageMaker target (docs/deploy-sagemaker.md); serving.deploy.options_from_settings reads these
+AWS_REGION = env.str("AWS_REGION", default="") or env.str("AWS_DEFAULT_REGION", default="us-east-1")
+AWS_ENDPOINT_URL = url_var("AWS_ENDPOINT_URL", None, {"http", "https"})  # e.g. a moto server; unset: real AWS
+TUTOR_S3_BUCKET = env.str("TUTOR_S3_BUCKET", default="")
+TUTOR_S3_PREFIX = env.str("TUTOR_S3_PREFIX", default="tutorloop").strip("/")
+TUTOR_SAGEMAKER_ROLE_ARN = env.str("TUTOR_SAGEMAKER_ROLE_ARN", default="")
+TUTOR_SAGEMAKER_IMAGE_URI = env.str("TUTOR_SAGEMAKER_IMAGE_URI", default="")
+# ml.g5.xlarge (1x A10G GPU) or ml.inf2.xlarge (Inferentia2, optimum-neuron build); CPU: ml.m5.xlarge, ml.c5.2xlarge
+TUTOR_SAGEMAKER_INSTANCE_TYPE = env.str("TUTOR_SAGEMAKER_INSTANCE_TYPE", default="ml.g5.xlarge")
+TUTOR_SAGEMAKER_ENDPOINT_NAME = env.str("TUTOR_SAGEMAKER_ENDPOINT_NAME", default="tutorloop")
+TUTOR_SAGEMAKER_LAYOUT = env.str("TUTOR_SAGEMAKER_LAYOUT", default="multimodel")
+if TUTOR_SAGEMAKER_LAYOUT not in {"multimodel", "inference-components"}:
+    from config.env import SettingError
+
+    raise SettingError(f"TUTOR_SAGEMAKER_LAYOUT={TUTOR_SAGEMAKER_LAYOUT!r} is not valid: "
+                       "expected multimodel or inference-components")
+if TUTOR_DEPLOY_TARGET == "sagemaker" and not (TUTOR_S3_BUCKET and TUTOR_SAGEMAKER_ROLE_ARN and TUTOR_SAGEMAKER_IMAGE_URI):
+    from config.env import SettingError
+
+    raise SettingError("TUTOR_DEPLOY_TARGET=sagemaker needs TUTOR_S3_BUCKET, TUTOR_SAGEMAKER_ROLE_ARN and "
+                       "TUTOR_SAGEMAKER_IMAGE_URI (see docs/deploy-sagemaker.md)")
 
 # --- logging ---------------------------------------------------------------------------------------------
 LOGGING = {

@@ -1,0 +1,49 @@
+"""`python -m serving`: the model endpoint (SageMaker inference contract) on the demo model by default."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from serving.config import ServerConfig, default_model_locations, default_port
+from serving.server import build_app
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
+    base_default, adapters_default = default_model_locations()
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (the container uses 0.0.0.0)")
+    p.add_argument("--port", type=int, default=default_port(), help="default 8080 or $SAGEMAKER_BIND_TO_PORT")
+    p.add_argument("--base-model", default=base_default, help="'demo' or a model directory")
+    p.add_argument("--adapters-dir", type=Path, default=adapters_default,
+                   help="<dir>/<subject>/v<N>/ adapters; the newest verified version of each is loaded")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--max-new-tokens-limit", type=int, default=512)
+    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--switch-interval-ms", type=float, default=5.0,
+                   help="Python's GIL switch interval (the decode thread and the event loop share the GIL)")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    return ServerConfig(base_model=a.base_model, adapters_dir=a.adapters_dir, host=a.host, port=a.port,
+                        max_batch_size=a.max_batch_size, max_queue=a.max_queue,
+                        max_new_tokens_limit=a.max_new_tokens_limit, max_prompt_tokens=a.max_prompt_tokens,
+                        threads=a.threads, switch_interval_ms=a.switch_interval_ms), a.log_level
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, log_level = parse_args(argv)
+    # The decode thread and the event loop share the GIL (tunable for experiments; see docs/performance.md).
+    sys.setswitchinterval(config.switch_interval_ms / 1000)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level=log_level,
+                access_log=False, timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The endpoint process: loads the base model and adapters, owns the scheduler, serves HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serving.app import BadRequest, create_app
+from serving.config import ServerConfig, admin_token
+from serving.engine import AdapterFormatError, BloomRunner
+from serving.metrics import Metrics
+from serving.registry import AdapterVersion, Registry, RegistryError, latest_versions
+from serving.scheduler import Scheduler
+
+log = logging.getLogger("serving")
+
+
+class EndpointState:
+    """Everything one endpoint process holds; the HTTP handlers reach it via `app.state.endpoint`."""
+
+    def __init__(self, config: ServerConfig):
+        from rlhf import SUBJECTS
+
+        self.config = config
+        self.metrics = Metrics()
+        self.registry = Registry(subjects=tuple(SUBJECTS))
+        self.admin_token = admin_token()
+        self.ready = False
+        self.error: str | None = None
+        self.base_model_id = config.base_model
+        self.base_sha256: str | None = None
+        self.tokenizer: Any = None
+        self.runner: BloomRunner | None = None
+        self.scheduler: Scheduler | None = None
+        self.build_prompt: Any = None
+
+    # ---- startup --------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the base model and the latest verified adapter of each subject (runs in a thread)."""
+        try:
+            from rlhf.chat import build_prompt
+            from rlhf.models import base_fingerprint, base_model_id, load_base, resolve_base_path
+
+            self.build_prompt = build_prompt
+            path = resolve_base_path(self.config.base_model)  # builds the demo model on first use
+            model, tokenizer = load_base(path, device=self.config.device)
+            self.tokenizer = tokenizer
+            self.base_model_id = base_model_id(path)
+            self.base_sha256 = base_fingerprint(path)
+            _set_threads(self.config.threads, model)
+            self.runner = BloomRunner(model)
+            self.scheduler = Scheduler(self.runner, self.registry, self.metrics, tokenizer.eos_token_id,
+                                       max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue,
+                                       max_prefill_tokens=self.config.max_prefill_tokens)
+            if self.config.adapters_dir is not None:
+                self._load_startup_adapters(Path(self.config.adapters_dir))
+            self.scheduler.start()
+            self.ready = True
+            log.info("endpoint ready: base %s, %d adapter(s)", self.base_model_id, len(self.registry.versions))
+        except Exception as exc:
+            log.exception("endpoint failed to load")
+            self.error = f"failed to load the model: {exc}"
+
+    def _load_startup_adapters(self, root: Path) -> None:
+        for subject, versions in latest_versions(root).items():
+            for version, path in versions:  # newest first; a tampered newest falls back to the one before
+                try:
+                    av = self._prepare(subject, version, path)
+                except (BadRequest, RegistryError) as exc:
+                    log.warning("skipping adapter %s: %s", path, getattr(exc, "message", exc))
+                    continue
+                self.runner.install(av.slot, av._loaded)
+                del av._loaded
+                self.registry.add(av)
+                self.metrics.adapters_loaded.set(len(self.registry.versions))
+                break
+
+    def _prepare(self, subject: str, version: int, path: Path) -> AdapterVersion:
+        """Verify the artefact and read its tensors; reserve a slot. Raises BadRequest/RegistryError."""
+        from rlhf.manifest import ArtifactError, artifact_sha256, verify
+
+        if not path.is_dir():
+            raise BadRequest(400, f"no adapter directory at {path}")
+        try:
+            manifest = verify(path)
+        except ArtifactError as exc:
+            raise BadRequest(422, f"adapter refused: verification failed: {exc}") from None
+        if manifest.get("kind") != "adapter":
+            raise BadRequest(422, f"adapter refused: {path} is a {manifest.get('kind')!r} artefact, not an adapter")
+        extra = {**(manifest.get("config") or {}), **(manifest.get("extra") or {}), **manifest}
+        if extra.get("subject") not in (None, subject):
+            raise BadRequest(422, f"adapter refused: its manifest says subject {extra.get('subject')!r}, not {subject!r}")
+        if extra.get("version") not in (None, version):
+            raise BadRequest(422, f"adapter refused: its manifest says version {extra.get('version')!r}, not {version}")
+        base_sha = manifest.get("base_model_sha256")
+        if base_sha and self.base_sha256 and base_sha != self.base_sha256:
+            raise BadRequest(422, "adapter refused: it was trained on a different base model "
+                                  f"({base_sha[:12]} vs the served {self.base_sha256[:12]})")
+        try:
+            loaded = self.runner.read_adapter(path)
+        except (AdapterFormatError, OSError) as exc:
+            raise BadRequest(422, f"adapter refused: {exc}") from None
+        slot = self.registry.reserve_slot(subject, version)
+        av = AdapterVersion(subject=subject, version=version, slot=slot, method=loaded.method, path=str(path),
+                            sha256=artifact_sha256(path, check=False))
+        av._loaded = loaded  # type: ignore[attr-defined]
+        return av
+
+    # ---- admin operations (event loop) ----------------------------------------------------------
+    async def load_adapter(self, subject: str, version: int, path: Path) -> AdapterVersion:
+        av = await asyncio.to_thread(self._prepare, subject, version, path)
+        loaded = av._loaded  # type: ignore[attr-defined]
+        del av._loaded  # type: ignore[attr-defined]
+        try:
+            await asyncio.wrap_future(self.scheduler.run_command(lambda: self.runner.install(av.slot, loaded)))
+            self.registry.add(av)
+        except BaseException:
+            self.registry.return_slot(av.slot)
+            raise
+        self.metrics.adapters_loaded.set(len(self.registry.versions))
+        log.info("loaded adapter %s v%s (%s) into slot %d", subject, version, av.method, av.slot)
+        return av
+
+    async def unload_adapter(self, subject: str, version: int) -> bool:
+        """Returns True when requests are still finishing on it (the slot is freed after them)."""
+        av = self.registry.unload(subject, version)
+        self.metrics.adapters_loaded.set(len(self.registry.versions))
+        if av is None:
+            return True
+
+        def uninstall() -> None:
+            self.runner.uninstall(av.slot)
+            self.registry.free_slot_of(av)
+
+        await asyncio.wrap_future(self.scheduler.run_command(uninstall))
+        return False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            if self.scheduler is not None:
+                self.scheduler.stop()
+
+
+def _set_threads(threads: int | None, model: Any) -> None:
+    """Intra-op threads. Default: 1 for small models (< 50M parameters) on CPU.
+
+    Why: a decode step of the demo model is a few hundred microseconds of maths; splitting it
+    across OpenMP threads costs more in synchronisation than it gains, and on a shared machine a
+    busy sibling core makes spinning threads collapse (measured: 10-40x slower steps).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    elif next(model.parameters()).device.type == "cpu" and sum(p.numel() for p in model.parameters()) < 50e6:
+        torch.set_num_threads(1)
+
+
+def build_app(config: ServerConfig):
+    from serving.multimodel import mount_multimodel
+
+    return mount_multimodel(create_app(EndpointState(config)))  # SageMaker multi-model routes if TUTOR_MULTI_MODEL

@@ -38,6 +38,9 @@ RUN pip install "transformers>=5.0,<6" "tokenizers>=0.21,<1" "peft>=0.17,<1" "sa
     && mkdir -p /opt/ml/model /opt/ml/var
 
 ENV PYTHONPATH=/opt/program
+# SageMaker multi-model endpoints require this label; the port label lets SageMaker pick the port.
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=true \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('SAGEMAKER_BIND_TO_PORT', '8080'))"
 CMD ["serve"]

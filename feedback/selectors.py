@@ -1,0 +1,141 @@
+"""Read-side queries for pages, the API, the dashboard and the training pipeline."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from feedback.models import (
+    Assignment,
+    ComparisonTask,
+    DatasetSnapshot,
+    Guidelines,
+    ImportBatch,
+    ImportedPair,
+    LabelerStats,
+    Ranking,
+)
+
+
+def new_pairs_count(since: int | None = None) -> int:
+    """Preference pairs from rankings with id > ``since`` (gold tasks excluded); cheap (one SUM)."""
+    qs = Ranking.objects.filter(task__is_gold=False)
+    if since is not None:
+        qs = qs.filter(id__gt=since)
+    return qs.aggregate(n=Sum("pair_count"))["n"] or 0
+
+
+def latest_snapshot() -> DatasetSnapshot | None:
+    return DatasetSnapshot.objects.order_by("-id").first()
+
+
+def task_payload(assignment: Assignment) -> dict:
+    """What a labeler sees: masked prompt + context and the completions in the shown order.
+
+    No student identity, no adapter version (it would bias the ranking)."""
+    task = assignment.task
+    texts = dict(task.completions.values_list("id", "text"))
+    prompt = task.prompt
+    return {
+        "task_id": task.id,
+        "subject": task.subject,
+        "prompt": prompt.text,
+        "context": [{"role": t.get("role", "user"), "content": t.get("content", "")} for t in prompt.context],
+        "completions": [{"id": cid, "label": chr(ord("A") + i), "text": texts[cid]}
+                        for i, cid in enumerate(assignment.shown_order) if cid in texts],
+        "lease_expires_at": assignment.expires_at.isoformat(),
+    }
+
+
+def available_tasks(labeler, now=None, subject: str | None = None):
+    """Open, non-gold tasks this labeler has not seen with submitted + active leases < overlap."""
+    now = now or timezone.now()
+    seen = Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler)
+    active = (Assignment.objects.filter(task=OuterRef("pk"), status=Assignment.Status.LEASED, expires_at__gt=now)
+              .order_by().values("task").annotate(c=Count("id")).values("c"))
+    qs = (ComparisonTask.objects.filter(state=ComparisonTask.State.OPEN, is_gold=False)
+          .exclude(Exists(seen))
+          .filter(overlap__gt=Coalesce(Subquery(active), 0) + F("submitted_count")))
+    return qs.filter(subject=subject) if subject else qs
+
+
+def queue_size(labeler) -> int:
+    """Open tasks this labeler has not seen (two indexed counts; it is shown on every request,
+    so it ignores slots momentarily held by other labelers' leases)."""
+    open_tasks = ComparisonTask.objects.filter(state=ComparisonTask.State.OPEN, is_gold=False)
+    seen = Assignment.objects.filter(labeler=labeler, task__state=ComparisonTask.State.OPEN, task__is_gold=False)
+    return max(0, open_tasks.count() - seen.count())
+
+
+def progress(labeler) -> dict:
+    """Done today / in total, skips, and how many tasks are still in this labeler's queue."""
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    done = Ranking.objects.filter(labeler=labeler).aggregate(
+        today=Count("id", filter=Q(created_at__gte=start)), total=Count("id"))
+    stats = LabelerStats.objects.filter(labeler=labeler).first()
+    return {
+        "done_today": done["today"],
+        "done_total": done["total"],
+        "skipped": Assignment.objects.filter(labeler=labeler, status=Assignment.Status.SKIPPED).count(),
+        "in_queue": queue_size(labeler),
+        "reliability": stats.reliability if stats else 1.0,
+        "gold_accuracy": stats.gold_accuracy if stats else None,
+    }
+
+
+def guidelines() -> Guidelines | None:
+    return Guidelines.objects.order_by("-updated_at", "-id").first()
+
+
+def flagged_queue(limit: int = 50) -> list[Ranking]:
+    return list(Ranking.objects.filter(unsafe=True, flag_resolved=False).select_related("task__prompt", "labeler")
+                .order_by("-id")[:limit])
+
+
+def labeler_dashboard() -> dict:
+    """Per-labeler throughput, skip/flag rates, gold accuracy, agreement; alpha per subject."""
+    from feedback.quality import krippendorff_alpha
+
+    User = get_user_model()
+    day_ago = timezone.now() - timedelta(days=1)
+    rows = []
+    users = (User.objects.filter(Q(fb_assignments__isnull=False)).distinct()
+             .annotate(rankings=Count("fb_rankings", distinct=True),
+                       last_day=Count("fb_rankings", filter=Q(fb_rankings__created_at__gte=day_ago), distinct=True),
+                       flagged=Count("fb_rankings", filter=Q(fb_rankings__unsafe=True), distinct=True))
+             .order_by("username"))
+    skips = dict(Assignment.objects.filter(status=Assignment.Status.SKIPPED).values("labeler")
+                 .annotate(n=Count("id")).values_list("labeler", "n"))
+    stats = {s.labeler_id: s for s in LabelerStats.objects.all()}
+    for u in users:
+        s = stats.get(u.id)
+        seen = u.rankings + skips.get(u.id, 0)
+        rows.append({
+            "username": u.username, "rankings": u.rankings, "last_day": u.last_day,
+            "skip_rate": skips.get(u.id, 0) / seen if seen else 0.0,
+            "flag_rate": u.flagged / u.rankings if u.rankings else 0.0,
+            "gold_accuracy": s.gold_accuracy if s else None, "gold_count": s.gold_count if s else 0,
+            "agreement_tau": s.agreement_tau if s else None, "reliability": s.reliability if s else 1.0,
+        })
+    alpha = {}
+    for subject in ComparisonTask.objects.filter(is_gold=False, submitted_count__gte=2).values_list(
+            "subject", flat=True).distinct():
+        tasks = list(ComparisonTask.objects.filter(subject=subject, is_gold=False, submitted_count__gte=2)
+                     .order_by("-id").values_list("id", flat=True)[:500])
+        by_task: dict[int, dict] = {}
+        for task_id, labeler_id, order in Ranking.objects.filter(task_id__in=tasks).values_list("task_id", "labeler_id", "order"):
+            by_task.setdefault(task_id, {})[labeler_id] = order
+        alpha[subject] = krippendorff_alpha(by_task)
+    tasks = ComparisonTask.objects.aggregate(
+        open=Count("id", filter=Q(state=ComparisonTask.State.OPEN, is_gold=False)),
+        complete=Count("id", filter=Q(state=ComparisonTask.State.COMPLETE)),
+        gold=Count("id", filter=Q(is_gold=True)))
+    return {"labelers": rows, "alpha": dict(sorted(alpha.items())), "tasks": tasks,
+            "flagged": flagged_queue(), "pairs": new_pairs_count(),
+            "imported_pairs": ImportedPair.objects.filter(enabled=True).count(),
+            "imports": list(ImportBatch.objects.order_by("-id")[:10]),
+            "snapshots": list(DatasetSnapshot.objects.order_by("-id")[:10])}

@@ -1,0 +1,83 @@
+"""rlhf.corpus: deterministic, keys check against their own answers, train/eval never overlap."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf import SUBJECTS
+from rlhf.corpus import (
+    check_answer,
+    eval_prompts,
+    extract_answer,
+    generate_corpus,
+    history_facts,
+    is_eval_question,
+    is_unsafe,
+    red_team_prompts,
+    seed_prompts,
+)
+
+
+def test_same_seed_same_corpus_other_seed_differs():
+    assert generate_corpus(50, seed=3) == generate_corpus(50, seed=3)
+    assert generate_corpus(50, seed=3) != generate_corpus(50, seed=4)
+
+
+def test_every_key_checks_against_its_own_answer_and_not_a_wrong_one():
+    items = generate_corpus(400, seed=1)
+    assert {i.subject for i in items} == set(SUBJECTS)
+    for item in items:
+        assert item.question and item.answer and item.key
+        assert check_answer(item.subject, item.key, item.answer), item
+    # a reference answer of a different question (with a different key) does not pass
+    by_subject = {s: [i for i in items if i.subject == s] for s in SUBJECTS}
+    for subject, group in by_subject.items():
+        a = group[0]
+        other = next(i for i in group if i.key.lower() != a.key.lower() and a.key.lower() not in i.answer.lower())
+        assert not check_answer(subject, a.key, other.answer), (a, other)
+
+
+def test_maths_needs_the_final_marker():
+    assert check_answer("mathematics", "14", "12 + 2 = 14.\n#### 14")
+    assert not check_answer("mathematics", "14", "12 + 2 = 14.")  # no final answer line
+    assert not check_answer("mathematics", "14", "#### 14\nActually #### 15")  # the last one counts
+    assert extract_answer("mathematics", "so #### 1,200") == "1200"
+
+
+def test_containment_is_whole_word_and_normalised():
+    assert check_answer("general_knowledge", "Paris", "the capital of france is PARIS!")
+    assert not check_answer("general_knowledge", "Paris", "Parisian food is nice")
+    assert check_answer("language", "children", "The plural of 'child' is 'children'.")
+    assert extract_answer("language", "The plural of 'child' is 'children'.") == "children"
+
+
+def test_eval_prompts_are_held_out_and_reproducible():
+    train_questions = {i.question for i in generate_corpus(3000, seed=0)}
+    for subject in SUBJECTS:
+        held = eval_prompts(subject, 40, seed=0)
+        assert len(held) == 40 and len({i.question for i in held}) == 40
+        assert held == eval_prompts(subject, 40, seed=0)
+        assert all(is_eval_question(i.question) for i in held)
+        assert not train_questions & {i.question for i in held}
+        seeds = seed_prompts(subject, 20)
+        assert len(seeds) == 20 and not any(is_eval_question(i.question) for i in seeds)
+
+
+def test_fact_table_is_shipped_and_large_enough():
+    facts = history_facts()
+    assert len(facts["events"]) + len(facts["people"]) >= 60
+
+
+def test_unknown_subject_is_refused():
+    with pytest.raises(ValueError, match="unknown subject"):
+        check_answer("physics", "1", "1")
+    with pytest.raises(ValueError, match="unknown subject"):
+        eval_prompts("physics", 3)
+
+
+def test_unsafe_check_flags_harmful_instructions_not_refusals():
+    assert len(red_team_prompts()) >= 10
+    assert is_unsafe("Sure! Here is how to make a bomb: step 1, get a fuse and explosive powder.")
+    assert is_unsafe("You are stupid and worthless.")
+    assert not is_unsafe("I can't help with making a bomb. Let's talk about chemistry safety instead.")
+    assert not is_unsafe("The capital of France is Paris.")

@@ -8,4 +8,17 @@ app_name = "training"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("jobs/", views.job_list, name="jobs"),
+    path("jobs/<int:pk>/", views.job_detail, name="job"),
+    path("jobs/<int:pk>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<int:pk>/retry/", views.job_retry, name="job-retry"),
+    path("launch/", views.launch, name="launch"),
+    path("versions/", views.version_list, name="versions"),
+    path("versions/<int:pk>/", views.version_detail, name="version"),
+    path("versions/<int:pk>/promote/", views.version_promote, name="version-promote"),
+    path("versions/<int:pk>/canary/", views.version_canary, name="version-canary"),
+    path("versions/<int:pk>/retire/", views.version_retire, name="version-retire"),
+    path("rollback/<slug:subject>/", views.rollback, name="rollback"),
+    path("compare/", views.compare, name="compare"),
+    path("schedule/", views.schedule, name="schedule"),
 ]

@@ -1,0 +1,57 @@
+"""rlhf.evaluation: the gate's suites on the tiny model (plain Python, no database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlhf import evaluation
+
+SMALL = {"n_prompts": 8, "kl_samples": 4, "max_new_tokens": 16}
+
+
+def test_a_version_against_itself_ties_and_passes(tiny_base_path, tiny_adapters):
+    ad = Path(tiny_adapters["mathematics"])
+    report = evaluation.evaluate(tiny_base_path, ad, ad, "mathematics",
+                                 config={**SMALL, "suites": ["answer_key_accuracy", "length_drift", "kl",
+                                                             "harmlessness"]})
+    s = report["suites"]
+    assert report["passed"], report["failures"]
+    assert s["answer_key_accuracy"]["candidate"] == s["answer_key_accuracy"]["baseline"]
+    assert s["length_drift"]["drift"] == 0.0
+    assert s["kl"]["candidate"] == pytest.approx(s["kl"]["baseline"], abs=1e-5)
+    assert s["kl"]["passed"] and s["kl"]["candidate"] >= 0.0  # k3: never negative
+    assert 0.0 <= s["harmlessness"]["candidate"] <= 1.0
+    assert len(report["samples"]) == 8 and all(x["candidate"] == x["baseline"] for x in report["samples"])
+
+
+def test_thresholds_decide_and_suites_plug_in(tiny_base_path, tiny_adapters):
+    calls = []
+
+    @evaluation.register_suite("always_fails")
+    def always_fails(ctx, th):
+        calls.append(ctx.subject)
+        return {"candidate": 0.0, "baseline": 1.0, "threshold": 1.0, "passed": False}
+
+    try:
+        ad = Path(tiny_adapters["history"])
+        report = evaluation.evaluate(tiny_base_path, ad, None, "history",
+                                     config={**SMALL, "suites": ["length_drift", "always_fails"]})
+        assert calls == ["history"]
+        assert not report["passed"] and report["failures"][0].startswith("always_fails")
+        assert report["has_baseline"] is False
+    finally:
+        evaluation.SUITES.pop("always_fails")
+
+
+def test_bad_input_is_refused_before_loading(tiny_base_path, tiny_adapters, tmp_path):
+    ad = Path(tiny_adapters["history"])
+    with pytest.raises(ValueError, match="unknown evaluation suites"):
+        evaluation.evaluate(tiny_base_path, ad, None, "history", config={"suites": ["nope"]})
+    with pytest.raises(ValueError, match="unknown subject"):
+        evaluation.evaluate(tiny_base_path, ad, None, "physics")
+    with pytest.raises(FileNotFoundError):
+        evaluation.evaluate(tiny_base_path, tmp_path / "missing", None, "history")
+    with pytest.raises(ValueError, match="unknown gate thresholds"):
+        evaluation.evaluate(tiny_base_path, ad, None, "history", thresholds={"max_kll": 1})

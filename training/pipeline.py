@@ -1,0 +1,425 @@
+"""The retraining pipeline: the step functions each job kind runs, and the stage machine that chains them.
+
+snapshot → reward model → PPO (one job per subject, parallel on several workers) → evaluate (the gate)
+→ deploy (canary, then promote when allowed). Each step is a function ``step(job, reporter) -> result``
+that calls one ``rlhf``/``feedback``/``serving`` function with plain arguments; ``advance`` runs after
+every child job ends (in the worker that ran it) and, in one transaction on the locked pipeline row,
+decides the next stage, so a stage is entered exactly once however many children finish together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from training.models import EvaluationReport, Job, PolicyVersion, RewardModelVersion
+from training.services import (
+    SUBJECTS,
+    JobReporter,
+    TrainingError,
+    adapters_root,
+    base_model_path,
+    create_job,
+    current_promoted,
+    ensure_initial_versions,
+    next_version,
+    promote,
+    retire,
+    reward_root,
+    start_canary,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("snapshot", "reward_model", "ppo", "evaluate", "deploy")
+
+
+# ==================================================================================================
+# Configuration (what the launch forms and the schedule's kwargs carry)
+# ==================================================================================================
+
+
+def gate_thresholds(overrides: dict | None = None) -> dict[str, float]:
+    th = {
+        "min_win_rate": settings.TRAINING_GATE_MIN_WIN_RATE,
+        "accuracy_tolerance": settings.TRAINING_GATE_ACCURACY_TOLERANCE,
+        "max_kl": settings.TRAINING_GATE_MAX_KL,
+        "max_length_drift": settings.TRAINING_GATE_MAX_LENGTH_DRIFT,
+        "max_unsafe_rate": settings.TRAINING_GATE_MAX_UNSAFE_RATE,
+    }
+    th.update(overrides or {})
+    return th
+
+
+def default_pipeline_config() -> dict[str, Any]:
+    """Defaults shown in the launch form: every trainer's config dataclass, plus the gate and deploy."""
+    from rlhf.evaluation import EvalConfig
+    from rlhf.ppo import PPOConfig
+    from rlhf.reward import RewardConfig
+
+    return {
+        "snapshot": {"scope": "new", "include_imported": True},
+        "reward": RewardConfig().to_dict(),
+        "ppo": PPOConfig().to_dict(),
+        "ppo_prompts": 128,
+        "subjects": [],
+        "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
+                 "suites": list(settings.TRAINING_GATE_SUITES)},
+        "gate": gate_thresholds(),
+        "canary_share": settings.TRAINING_CANARY_SHARE,
+        "auto_promote": settings.TRAINING_AUTO_PROMOTE,
+    }
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if k not in base:
+            raise TrainingError(f"unknown config field {path + k!r}")
+        out[k] = _merge(base[k], v, f"{path}{k}.") if isinstance(base[k], dict) and isinstance(v, dict) else v
+    return out
+
+
+def validate_pipeline_config(config: dict) -> dict:
+    """Defaults overlaid with ``config``; every section is checked by its dataclass (bad input → TrainingError)."""
+    from rlhf.evaluation import EvalConfig, GateThresholds
+    from rlhf.ppo import PPOConfig
+    from rlhf.reward import RewardConfig
+
+    if not isinstance(config, dict):
+        raise TrainingError("config must be a JSON object")
+    full = _merge(default_pipeline_config(), config)
+    try:
+        RewardConfig.from_dict(full["reward"])
+        PPOConfig.from_dict(full["ppo"])
+        EvalConfig.from_dict(full["eval"])
+        GateThresholds.from_dict(full["gate"])
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid config: {exc}") from None
+    unknown = [s for s in full["subjects"] if s not in SUBJECTS]
+    if unknown:
+        raise TrainingError(f"unknown subjects {unknown}; expected some of {', '.join(SUBJECTS)}")
+    if full["snapshot"].get("scope") not in ("new", "all"):
+        raise TrainingError("snapshot.scope must be 'new' or 'all'")
+    share = float(full["canary_share"])
+    if not 0.0 <= share < 1.0:
+        raise TrainingError("canary_share must be in [0, 1)")
+    if int(full["ppo_prompts"]) < 1:
+        raise TrainingError("ppo_prompts must be >= 1")
+    return full
+
+
+# ==================================================================================================
+# Steps
+# ==================================================================================================
+
+
+def step_snapshot(job: Job, rep: JobReporter) -> dict:
+    """Freeze the preference pairs since the last snapshot (``scope="all"``: every pair)."""
+    from feedback.selectors import latest_snapshot
+    from feedback.services import create_snapshot
+
+    cfg = job.config.get("snapshot") or {}
+    last = latest_snapshot()
+    since = last.last_ranking_id if (last is not None and cfg.get("scope", "new") == "new") else None
+    rep({"step": 0, "total": 1, "progress": 0.1, "message": f"snapshot of pairs after ranking {since}"})
+    snap = create_snapshot(since_ranking_id=since, include_imported=cfg.get("include_imported", True))
+    if snap.rows == 0:
+        raise TrainingError("the snapshot has no preference pairs: rank some tasks first")
+    rep({"step": 1, "total": 1, "progress": 1.0, "message": f"snapshot {snap.sha256[:12]}: {snap.rows} pairs",
+         "metrics": {"pairs": snap.rows, "train": snap.train_rows, "test": snap.test_rows}})
+    return {"snapshot_id": snap.pk, "sha256": snap.sha256, "rows": snap.rows, "counts": snap.counts}
+
+
+def step_reward_model(job: Job, rep: JobReporter) -> dict:
+    """Train a reward model on the snapshot; record its held-out accuracy."""
+    from feedback.models import DatasetSnapshot
+    from rlhf.manifest import artifact_sha256
+    from rlhf.reward import RewardConfig, train_reward_model
+
+    snap = DatasetSnapshot.objects.get(pk=job.config["snapshot_id"])
+    cfg = RewardConfig.from_dict(job.config.get("reward") or {})
+    rm = RewardModelVersion.objects.create(snapshot=snap, job=job, config=cfg.to_dict(), path="")
+    out = reward_root() / f"rm-{rm.pk}"
+    RewardModelVersion.objects.filter(pk=rm.pk).update(path=str(out))
+    backbone = base_model_path() if cfg.backbone == "demo" else None
+    metrics = train_reward_model(snap.path, out, cfg, rep, base_model=backbone, overwrite=True)
+    RewardModelVersion.objects.filter(pk=rm.pk).update(
+        status=RewardModelVersion.Status.READY, sha256=artifact_sha256(out), metrics=metrics,
+        accuracy=metrics.get("accuracy"))
+    return {"reward_model_id": rm.pk, "accuracy": metrics.get("accuracy"), "train_pairs": metrics.get("train_pairs")}
+
+
+def ppo_prompts(snapshot_path: str, subject: str, n: int, seed: int = 0) -> list[Any]:
+    """The subject's prompts from the snapshot (with their context), topped up from the corpus seed prompts."""
+    import random
+
+    from datasets import load_from_disk
+
+    from rlhf.corpus import seed_prompts
+
+    ds = load_from_disk(snapshot_path)
+    seen, prompts = set(), []
+    for row in ds["train"]:
+        if row["subject"] != subject or (row["prompt"], row["context"]) in seen:
+            continue
+        seen.add((row["prompt"], row["context"]))
+        context = json.loads(row["context"] or "[]")
+        prompts.append(context + [{"role": "user", "content": row["prompt"]}] if context else row["prompt"])
+    random.Random(seed).shuffle(prompts)
+    if len(prompts) < n:
+        prompts += [it.question for it in seed_prompts(subject, n - len(prompts), seed)]
+    return prompts[:n]
+
+
+def step_ppo(job: Job, rep: JobReporter) -> dict:
+    """PPO on the subject's promoted adapter → a new candidate version (``training`` while it runs)."""
+    from feedback.models import DatasetSnapshot
+    from rlhf.manifest import artifact_sha256
+    from rlhf.ppo import PPOConfig, train_ppo
+
+    subject = job.subject
+    cfg = PPOConfig.from_dict(job.config.get("ppo") or {})
+    rm = RewardModelVersion.objects.get(pk=job.config["reward_model_id"], status=RewardModelVersion.Status.READY)
+    snap = DatasetSnapshot.objects.get(pk=job.config["snapshot_id"]) if job.config.get("snapshot_id") else rm.snapshot
+    parent = PolicyVersion.objects.get(pk=job.config["parent_id"]) if job.config.get("parent_id") \
+        else current_promoted(subject)
+    if parent is None:
+        raise TrainingError(f"{subject} has no promoted version to start PPO from")
+    with transaction.atomic():
+        version = next_version(subject)
+        out = adapters_root() / subject / f"v{version}"
+        pv = PolicyVersion.objects.create(subject=subject, version=version, method=parent.method, parent=parent,
+                                          snapshot=snap, reward_model=rm, job=job, path=str(out))
+    rep.log(f"training {pv} from v{parent.version} with reward model {rm.pk}")
+    prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
+    metrics = train_ppo(base_model_path(), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
+    summary = {k: v for k, v in metrics.items() if k != "history"}
+    PolicyVersion.objects.filter(pk=pv.pk, status=PolicyVersion.Status.TRAINING).update(
+        status=PolicyVersion.Status.CANDIDATE, sha256=artifact_sha256(out), metrics=summary)
+    return {"policy_version_id": pv.pk, "version": version, "final_reward": summary.get("final_reward"),
+            "final_kl": summary.get("final_kl")}
+
+
+def step_evaluate(job: Job, rep: JobReporter) -> dict:
+    """The gate: candidate vs the promoted version; a failing candidate is retired (the endpoint is untouched)."""
+    from rlhf.evaluation import evaluate
+
+    pv = PolicyVersion.objects.select_related("reward_model").get(pk=job.config["policy_version_id"])
+    baseline = current_promoted(pv.subject)
+    rm = pv.reward_model
+    if job.config.get("reward_model_id"):
+        rm = RewardModelVersion.objects.get(pk=job.config["reward_model_id"])
+    report = evaluate(base_model_path(), pv.path, baseline.path if baseline else None, pv.subject,
+                      reward_model_path=rm.path if rm else None, thresholds=job.config.get("gate") or gate_thresholds(),
+                      config=job.config.get("eval") or {}, callback=rep)
+    er = EvaluationReport.objects.create(candidate=pv, baseline=baseline, reward_model=rm, job=job,
+                                         passed=report["passed"], suites=report["suites"],
+                                         thresholds=report["thresholds"], failures=report["failures"],
+                                         samples=report["samples"])
+    if not report["passed"] and pv.status in (PolicyVersion.Status.CANDIDATE, PolicyVersion.Status.CANARY):
+        retire(pv, note="failed the gate: " + "; ".join(report["failures"])[:250])
+        rep.log(f"{pv} failed the gate and was retired: {report['failures']}")
+    return {"report_id": er.pk, "passed": report["passed"], "policy_version_id": pv.pk,
+            "suites": {k: {"candidate": v.get("candidate"), "baseline": v.get("baseline"), "passed": v.get("passed")}
+                       for k, v in report["suites"].items()}}
+
+
+def step_deploy(job: Job, rep: JobReporter) -> dict:
+    """Canary share first (if configured), then promotion when auto-promote is on."""
+    pv = PolicyVersion.objects.get(pk=job.config["policy_version_id"])
+    share = float(job.config.get("canary_share", settings.TRAINING_CANARY_SHARE))
+    auto = bool(job.config.get("auto_promote", settings.TRAINING_AUTO_PROMOTE))
+    out: dict[str, Any] = {"policy_version_id": pv.pk, "subject": pv.subject, "version": pv.version}
+    if share > 0 and current_promoted(pv.subject) is not None:
+        rep({"step": 0, "total": 2, "progress": 0.2, "message": f"canary: {pv} at {share:.0%}"})
+        dep = start_canary(pv, share, user=job.launched_by, job=job)
+        out["canary"] = {"deployment_id": dep.pk, "status": dep.status}
+        if dep.status != dep.Status.APPLIED:
+            raise TrainingError(f"the canary of {pv} was recorded but the endpoint did not confirm it: {dep.error}")
+    if auto:
+        rep({"step": 1, "total": 2, "progress": 0.6, "message": f"promoting {pv}"})
+        dep = promote(pv, user=job.launched_by, job=job)
+        out["promote"] = {"deployment_id": dep.pk, "status": dep.status}
+        if dep.status != dep.Status.APPLIED:
+            raise TrainingError(f"{pv} is promoted in the registry but the endpoint did not confirm it yet "
+                                f"(the reaper keeps retrying): {dep.error}")
+    rep({"step": 2, "total": 2, "progress": 1.0, "message": "deployed"})
+    return out
+
+
+STEPS = {
+    Job.Kind.SNAPSHOT: step_snapshot,
+    Job.Kind.REWARD_MODEL: step_reward_model,
+    Job.Kind.PPO: step_ppo,
+    Job.Kind.EVALUATE: step_evaluate,
+    Job.Kind.DEPLOY: step_deploy,
+}
+
+
+# ==================================================================================================
+# The stage machine
+# ==================================================================================================
+
+
+def _child_config(p: Job, **extra: Any) -> dict:
+    keep = ("reward", "ppo", "ppo_prompts", "eval", "gate", "canary_share", "auto_promote", "snapshot")
+    return {**{k: p.config[k] for k in keep if k in p.config}, **extra}
+
+
+def _subjects_for(p: Job, counts: dict) -> list[str]:
+    wanted = p.config.get("subjects") or list(SUBJECTS)
+    out = []
+    for s in wanted:
+        c = counts.get(s) or {}
+        if int(c.get("train", 0)) + int(c.get("test", 0)) >= settings.TRAINING_MIN_SUBJECT_PAIRS \
+                and current_promoted(s) is not None:
+            out.append(s)
+    return out
+
+
+def _finish_pipeline(p: Job, status: str, message: str, result: dict | None = None) -> None:
+    Job.objects.filter(pk=p.pk).update(status=status, finished_at=timezone.now(), message=message[:300],
+                                       progress=1.0 if status == Job.Status.SUCCEEDED else p.progress,
+                                       result={**(p.result or {}), **(result or {})},
+                                       error="" if status == Job.Status.SUCCEEDED else message)
+
+
+def advance(pipeline_id: int) -> str:
+    """Move a pipeline to its next stage when every job of the current stage has ended."""
+    with transaction.atomic():
+        p = Job.objects.select_for_update().filter(pk=pipeline_id, kind=Job.Kind.PIPELINE).first()
+        if p is None or p.is_terminal:
+            return "done"
+        stage = p.stage
+        current = list(p.children.filter(kind=stage)) if stage else []
+        n_done = sum(1 for c in current if c.is_terminal)
+        idx = STAGES.index(stage) if stage else -1
+        if current and n_done < len(current):
+            frac = sum(c.progress if not c.is_terminal else 1.0 for c in current) / len(current)
+            Job.objects.filter(pk=p.pk).update(progress=round((idx + frac) / len(STAGES), 4),
+                                               heartbeat_at=timezone.now())
+            return "waiting"
+        if p.cancel_requested:
+            _finish_pipeline(p, Job.Status.CANCELLED, "cancelled by an admin")
+            return "cancelled"
+        ok = [c for c in current if c.status == Job.Status.SUCCEEDED]
+        new_jobs: list[Job] = []
+        message = ""
+        if not stage:
+            ensure_initial_versions()
+            new_jobs.append(create_job(Job.Kind.SNAPSHOT, _child_config(p), parent=p, user=p.launched_by))
+            nxt, message = "snapshot", "freezing the new preference pairs"
+        elif not ok:
+            why = "; ".join(f"{c.kind}{' ' + c.subject if c.subject else ''}: {c.error or c.status}" for c in current)
+            _finish_pipeline(p, Job.Status.FAILED, f"{stage} failed: {why}"[:2000])
+            return "failed"
+        elif stage == "snapshot":
+            res = ok[0].result
+            new_jobs.append(create_job(Job.Kind.REWARD_MODEL, _child_config(p, snapshot_id=res["snapshot_id"]),
+                                       parent=p, user=p.launched_by))
+            nxt, message = "reward_model", f"training the reward model on {res['rows']} pairs"
+            p.result = {**(p.result or {}), "snapshot_id": res["snapshot_id"], "counts": res.get("counts")}
+        elif stage == "reward_model":
+            res = ok[0].result
+            counts = (p.result or {}).get("counts") or {}
+            subjects = _subjects_for(p, counts)
+            if not subjects:
+                _finish_pipeline(p, Job.Status.FAILED, "no subject has enough new pairs and a promoted version "
+                                 f"(need {settings.TRAINING_MIN_SUBJECT_PAIRS}; counts {counts})")
+                return "failed"
+            for s in subjects:
+                new_jobs.append(create_job(Job.Kind.PPO, _child_config(
+                    p, snapshot_id=p.result.get("snapshot_id"), reward_model_id=res["reward_model_id"]),
+                    subject=s, parent=p, user=p.launched_by))
+            nxt, message = "ppo", f"PPO on {', '.join(subjects)}"
+            p.result = {**(p.result or {}), "reward_model_id": res["reward_model_id"],
+                        "reward_model_accuracy": res.get("accuracy")}
+        elif stage == "ppo":
+            for c in ok:
+                new_jobs.append(create_job(Job.Kind.EVALUATE, _child_config(
+                    p, policy_version_id=c.result["policy_version_id"]), subject=c.subject, parent=p,
+                    user=p.launched_by))
+            nxt, message = "evaluate", "evaluating " + ", ".join(f"{c.subject} v{c.result['version']}" for c in ok)
+        elif stage == "evaluate":
+            passed = [c for c in ok if c.result.get("passed")]
+            p.result = {**(p.result or {}), "gate": {c.subject: c.result.get("passed") for c in ok}}
+            if not passed:
+                Job.objects.filter(pk=p.pk).update(result=p.result)
+                _finish_pipeline(p, Job.Status.SUCCEEDED, "no candidate passed the gate; nothing was deployed")
+                return "succeeded"
+            for c in passed:
+                new_jobs.append(create_job(Job.Kind.DEPLOY, _child_config(
+                    p, policy_version_id=c.result["policy_version_id"]), subject=c.subject, parent=p,
+                    user=p.launched_by))
+            nxt, message = "deploy", "deploying " + ", ".join(c.subject for c in passed)
+        else:  # deploy
+            deployed = {c.subject: c.result for c in ok}
+            _finish_pipeline(p, Job.Status.SUCCEEDED, "deployed " + ", ".join(
+                f"{s} v{r['version']}" for s, r in deployed.items()), {"deployed": deployed})
+            return "succeeded"
+        Job.objects.filter(pk=p.pk).update(stage=nxt, message=message[:300], result=p.result or {},
+                                           progress=round((STAGES.index(nxt)) / len(STAGES), 4),
+                                           heartbeat_at=timezone.now())
+    return nxt
+
+
+def run_inline(config: dict | None = None, user=None, on_stage=None) -> Job:
+    """Run a whole pipeline in this process (management command, benchmark): same steps, no broker."""
+    from training import services
+
+    config = validate_pipeline_config(config or {})
+    with transaction.atomic():
+        if services.running_pipeline() is not None:
+            raise TrainingError(f"{services.running_pipeline()} is still running")
+        p = Job.objects.create(kind=Job.Kind.PIPELINE, config=config, status=Job.Status.RUNNING,
+                               started_at=timezone.now(), launched_by=user if getattr(user, "pk", None) else None)
+    _drive_inline(p.pk, on_stage)
+    p.refresh_from_db()
+    return p
+
+
+def _drive_inline(pipeline_id: int, on_stage=None) -> None:
+    from training import services
+
+    # inline, children are not sent to the broker: this loop runs them itself
+    services.INLINE.active = True
+    try:
+        advance(pipeline_id)
+        while True:
+            queued = list(Job.objects.filter(parent_id=pipeline_id, status=Job.Status.QUEUED).order_by("id"))
+            if not queued:
+                break
+            for child in queued:
+                if on_stage:
+                    on_stage(child, "start")
+                services.execute_job(child.pk, worker="inline")
+                if on_stage:
+                    child.refresh_from_db()
+                    on_stage(child, "end")
+    finally:
+        services.INLINE.active = False
+
+
+def describe_stage_durations(pipeline: Job) -> list[dict[str, Any]]:
+    """Wall time per stage (the earliest start to the latest end of its jobs) for tables and the benchmark."""
+    rows = []
+    for stage in STAGES:
+        jobs = list(pipeline.children.filter(kind=stage))
+        if not jobs:
+            continue
+        starts = [j.started_at for j in jobs if j.started_at]
+        ends = [j.finished_at for j in jobs if j.finished_at]
+        secs = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+        rows.append({"stage": stage, "jobs": len(jobs), "seconds": secs,
+                     "status": ",".join(sorted({j.status for j in jobs}))})
+    return rows
+
+
+__all__ = ["STAGES", "STEPS", "advance", "default_pipeline_config", "validate_pipeline_config", "run_inline",
+           "describe_stage_durations", "gate_thresholds", "ppo_prompts"]

@@ -1,0 +1,210 @@
+"""Read side of the studio: overview figures, jobs as JSON, lineage, comparisons, the schedule."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from training.models import Deployment, EvaluationReport, Job, PolicyVersion, RewardModelVersion
+
+SUBJECTS = ("history", "mathematics", "language", "general_knowledge")
+
+
+def pipeline_progress(job: Job) -> float:
+    """A running pipeline's progress: finished stages plus the mean progress of the current stage's jobs."""
+    from training.pipeline import STAGES
+
+    if job.is_terminal or job.stage not in STAGES:
+        return float(job.progress or 0.0)
+    children = list(job.children.filter(kind=job.stage).values_list("progress", "status"))
+    if not children:
+        return float(job.progress or 0.0)
+    frac = sum(1.0 if st in Job.TERMINAL else float(p or 0.0) for p, st in children) / len(children)
+    return max(float(job.progress or 0.0), (STAGES.index(job.stage) + frac) / len(STAGES))
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """What the jobs list and its live progress bars poll."""
+    progress = pipeline_progress(job) if job.kind == Job.Kind.PIPELINE else float(job.progress or 0.0)
+    return {
+        "id": job.pk, "kind": job.kind, "subject": job.subject, "status": job.status, "stage": job.stage,
+        "progress": round(progress, 4), "message": job.message, "parent": job.parent_id,
+        "launched_by": job.launched_by.username if job.launched_by_id and job.launched_by else None,
+        "created_at": job.created_at.isoformat(), "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "duration": job.duration_seconds, "cancel_requested": job.cancel_requested, "error": job.error[-500:],
+    }
+
+
+def job_detail(job: Job, since_point: int = 0) -> dict[str, Any]:
+    """Summary + curves (metrics from ``since_point`` on) + the log tail + children."""
+    series = list(job.metrics or [])
+    return {
+        **job_summary(job),
+        "config": job.config, "result": job.result, "log": job.log, "worker": job.worker,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        "metrics": series[since_point:], "metrics_total": len(series),
+        "children": [job_summary(c) for c in job.children.order_by("id")],
+    }
+
+
+def jobs(limit: int = 50, status: str | None = None, kind: str | None = None, top_level: bool = False):
+    qs = Job.objects.select_related("launched_by").order_by("-id")
+    if status:
+        qs = qs.filter(status=status)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if top_level:
+        qs = qs.filter(parent__isnull=True)
+    return list(qs[:limit])
+
+
+def live_versions() -> dict[str, dict[str, Any]]:
+    """Per subject: the promoted version, the canary (if any) and its share, from the latest deployment."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in SUBJECTS:
+        promoted = PolicyVersion.objects.filter(subject=s, status=PolicyVersion.Status.PROMOTED).first()
+        canary = PolicyVersion.objects.filter(subject=s, status=PolicyVersion.Status.CANARY).first()
+        dep = Deployment.objects.filter(subject=s).exclude(status=Deployment.Status.FAILED).first()
+        share = dep.candidate_share if dep and dep.candidate_id else 0.0
+        out[s] = {"promoted": promoted.version if promoted else None, "promoted_id": promoted.pk if promoted else None,
+                  "canary": canary.version if canary else None, "canary_id": canary.pk if canary else None,
+                  "canary_share": share, "deployment_status": dep.status if dep else None,
+                  "split": _split_text(promoted, canary, share)}
+    return out
+
+
+def _split_text(promoted, canary, share: float) -> str:
+    if promoted is None:
+        return "base model"
+    if canary is None:
+        return f"v{promoted.version} 100 %"
+    return f"v{promoted.version} {100 - 100 * share:.0f} % / v{canary.version} {100 * share:.0f} %"
+
+
+def overview() -> dict[str, Any]:
+    """The studio's front page: data flowing in, and what is live."""
+    from feedback.models import Ranking
+    from feedback.selectors import latest_snapshot, new_pairs_count
+
+    now = timezone.now()
+    week_ago = now - timedelta(days=7)
+    per_day = (Ranking.objects.filter(created_at__gte=week_ago).annotate(day=TruncDate("created_at"))
+               .values("day").annotate(n=Count("id")).order_by("day"))
+    last = latest_snapshot()
+    since = last.last_ranking_id if last else None
+    return {
+        "rankings_per_day": [{"day": r["day"].isoformat(), "rankings": r["n"]} for r in per_day],
+        "rankings_today": Ranking.objects.filter(created_at__date=now.date()).count(),
+        "rankings_total": Ranking.objects.count(),
+        "pairs_total": new_pairs_count(None),
+        "pairs_new": new_pairs_count(since),
+        "labelers_active": Ranking.objects.filter(created_at__gte=now - timedelta(days=1))
+        .values("labeler").distinct().count(),
+        "versions": live_versions(),
+        "running_jobs": Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.QUEUED]).count(),
+        "last_snapshot": {"id": last.pk, "sha256": last.sha256, "rows": last.rows} if last else None,
+    }
+
+
+def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
+    """version → parent → … → v1, each with its snapshot (and ranking range) and reward model."""
+    chain = []
+    seen = set()
+    node: PolicyVersion | None = pv
+    while node is not None and node.pk not in seen:
+        seen.add(node.pk)
+        snap = node.snapshot
+        rm = node.reward_model
+        chain.append({
+            "id": node.pk, "subject": node.subject, "version": node.version, "status": node.status,
+            "sha256": node.sha256, "path": node.path, "method": node.method,
+            "snapshot": {"id": snap.pk, "sha256": snap.sha256, "rows": snap.rows,
+                         "first_ranking_id": snap.first_ranking_id, "last_ranking_id": snap.last_ranking_id,
+                         "since_ranking_id": snap.since_ranking_id} if snap else None,
+            "reward_model": {"id": rm.pk, "accuracy": rm.accuracy, "sha256": rm.sha256,
+                             "snapshot_id": rm.snapshot_id} if rm else None,
+            "job": node.job_id,
+        })
+        node = node.parent
+    return chain
+
+
+def lineage_complete(pv: PolicyVersion) -> bool:
+    """True when every trained ancestor names its parent, snapshot (with ranking range) and reward model."""
+    for entry in lineage(pv):
+        if entry["version"] == 1 and entry["snapshot"] is None:
+            continue  # the SFT adapter: trained on the corpus, not on rankings
+        if entry["snapshot"] is None or entry["reward_model"] is None or not entry["sha256"]:
+            return False
+    return True
+
+
+def versions(subject: str | None = None) -> list[PolicyVersion]:
+    qs = PolicyVersion.objects.select_related("parent", "snapshot", "reward_model")
+    if subject:
+        qs = qs.filter(subject=subject)
+    return list(qs.order_by("subject", "-version"))
+
+
+def latest_report(pv: PolicyVersion) -> EvaluationReport | None:
+    return pv.evaluations.order_by("-id").first()
+
+
+def compare(a: PolicyVersion, b: PolicyVersion) -> dict[str, Any]:
+    """Gate metrics and answers of two versions side by side (from the report that compared them, if any)."""
+    report = (EvaluationReport.objects.filter(candidate=a, baseline=b).first()
+              or EvaluationReport.objects.filter(candidate=b, baseline=a).first())
+    flip = report is not None and report.candidate_id == b.pk
+    rows, samples = [], []
+    if report is not None:
+        for name, r in report.suites.items():
+            left, right = (r.get("baseline"), r.get("candidate")) if flip else (r.get("candidate"), r.get("baseline"))
+            rows.append({"suite": name, "a": left, "b": right, "threshold": r.get("threshold"),
+                         "passed": r.get("passed")})
+        for s in report.samples:
+            ca, cb = ("baseline", "candidate") if flip else ("candidate", "baseline")
+            samples.append({"question": s["question"], "key": s["key"], "a": s[ca], "b": s[cb],
+                            "a_correct": s[f"{ca}_correct"], "b_correct": s[f"{cb}_correct"]})
+    else:
+        for name, ra, rb in _own_reports(a, b):
+            rows.append({"suite": name, "a": ra, "b": rb, "threshold": None, "passed": None})
+    return {"a": a, "b": b, "report": report, "rows": rows, "samples": samples}
+
+
+def _own_reports(a: PolicyVersion, b: PolicyVersion):
+    ra, rb = latest_report(a), latest_report(b)
+    names = sorted(set((ra.suites if ra else {}).keys()) | set((rb.suites if rb else {}).keys()))
+    for n in names:
+        yield n, (ra.suites.get(n, {}).get("candidate") if ra else None), \
+            (rb.suites.get(n, {}).get("candidate") if rb else None)
+
+
+def schedule() -> dict[str, Any]:
+    from training.services import schedule_task
+
+    task = schedule_task()
+    kwargs = json.loads(task.kwargs or "{}")
+    every = task.interval.every if task.interval else None
+    if task.interval and task.interval.period != "seconds":
+        mult = {"minutes": 60, "hours": 3600, "days": 86400, "microseconds": 1e-6}.get(task.interval.period, 1)
+        every = int(every * mult)
+    from django.conf import settings
+
+    return {"task": task, "enabled": task.enabled, "every_seconds": every,
+            "min_new_pairs": kwargs.get("min_new_pairs"), "config": kwargs.get("config") or {},
+            "default_threshold": settings.TRAINING_MIN_NEW_PAIRS, "last_run_at": task.last_run_at,
+            "total_run_count": task.total_run_count}
+
+
+def reward_models(limit: int = 20) -> list[RewardModelVersion]:
+    return list(RewardModelVersion.objects.select_related("snapshot").order_by("-id")[:limit])
+
+
+def deployments(limit: int = 30) -> list[Deployment]:
+    return list(Deployment.objects.select_related("promoted", "candidate", "created_by").order_by("-id")[:limit])

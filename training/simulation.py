@@ -1,0 +1,162 @@
+"""Simulated labelers: the hidden preference and an HTTP client that ranks like a human would.
+
+The hidden preference (never shown to the reward model except through the rankings it produces):
+1. harmlessness first: an unsafe reply (``rlhf.corpus.is_unsafe``) is worst;
+2. correctness: a reply whose final answer matches the corpus answer key beats one that does not;
+3. then the criteria: in format (mathematics: a ``#### n`` line), not truncated, no repetition,
+   close to the reference answer's length.
+Each labeler adds Gaussian noise (sigma = 2 x its noise, its noise = 0.5-1.5 x --noise) to the scores before
+sorting: at --noise 0.1 close calls on the criteria flip, correctness (a gap of 10) almost never.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import httpx
+
+
+@cache
+def answer_index() -> dict[tuple[str, str], Any]:
+    """(subject, normalised question) → corpus item, over every question a demo prompt can come from."""
+    from rlhf import SUBJECTS
+    from rlhf.corpus import _split, eval_prompts, normalise, seed_prompts
+
+    index: dict[tuple[str, str], Any] = {}
+    for subject in SUBJECTS:
+        if subject == "mathematics":
+            items = seed_prompts(subject, 3000) + eval_prompts(subject, 500)
+        else:
+            train, held = _split(subject)
+            items = list(train) + list(held)
+        for it in items:
+            index.setdefault((subject, normalise(it.question)), it)
+    return index
+
+
+def lookup(subject: str, question: str):
+    from rlhf.corpus import normalise
+
+    return answer_index().get((subject, normalise(question)))
+
+
+def _repetition(text: str) -> float:
+    words = text.lower().split()
+    if len(words) < 4:
+        return 0.0
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return 1.0 - len(set(trigrams)) / len(trigrams)
+
+
+def hidden_score(subject: str, question: str, reply: str) -> dict[str, Any]:
+    """The simulated labelers' true preference for one reply (higher is better) and its ratings."""
+    from rlhf.corpus import check_answer, is_unsafe
+
+    item = lookup(subject, question)
+    unsafe = is_unsafe(reply)
+    correct = bool(item is not None and check_answer(subject, item.key, reply))
+    in_format = bool(reply.strip()) and (subject != "mathematics" or "####" in reply)
+    ref_len = len(item.answer.split()) if item is not None else 20
+    length_penalty = min(1.0, abs(len(reply.split()) - ref_len) / max(ref_len, 1))
+    criteria = 1.0 * in_format - 1.0 * _repetition(reply) - 0.5 * length_penalty
+    score = (-100.0 if unsafe else 0.0) + (10.0 if correct else 0.0) + criteria
+    ratings = {
+        "helpfulness": max(1, min(7, round(3 + 2 * correct + 2 * criteria))),
+        "honesty": 6 if correct else (3 if item is not None else 4),
+        "harmlessness": 1 if unsafe else 7,
+    }
+    return {"score": score, "correct": correct, "unsafe": unsafe, "ratings": ratings, "known": item is not None}
+
+
+NOISE_SCALE = 2.0
+
+
+def rank(subject: str, question: str, completions: list[dict], noise: float, rng: random.Random) -> dict:
+    """A submission for the labeler API: groups of completion ids best first, ratings, unsafe flag."""
+    scored = []
+    for c in completions:
+        h = hidden_score(subject, question, c["text"])
+        # noise 0.1 → sigma 0.2: it flips close calls on the criteria, rarely correctness (a gap of 10)
+        scored.append((h["score"] + (rng.gauss(0.0, noise * NOISE_SCALE) if noise > 0 else 0.0), c["id"], h))
+    scored.sort(key=lambda t: -t[0])
+    groups: list[list[int]] = []
+    last = None
+    for s, cid, _ in scored:
+        if last is not None and abs(s - last) < 1e-9:
+            groups[-1].append(cid)  # identical scores: a tie (yields no pair)
+        else:
+            groups.append([cid])
+        last = s
+    unsafe = [h for _, _, h in scored if h["unsafe"]]
+    return {
+        "order": groups,
+        "ratings": {str(cid): h["ratings"] for _, cid, h in scored},
+        "unsafe": bool(unsafe),
+        "unsafe_reason": "gives harmful instructions" if unsafe else "",
+        "note": "simulated labeler",
+    }
+
+
+@dataclass
+class SimStats:
+    submitted: int = 0
+    skipped: int = 0
+    refused: int = 0
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+def run_labeler(base_url: str, token: str, noise: float, seed: int, max_tasks: int, stats: SimStats,
+                on_submit=None, stop: threading.Event | None = None, timeout: float = 30.0) -> None:
+    """One labeler: next task → rank by the hidden preference (+ its noise) → submit, until the queue is empty."""
+    try:
+        _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout)
+    except Exception as exc:  # a thread's exception would vanish: report it
+        stats.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout) as http:
+        done = 0
+        while done < max_tasks and not (stop and stop.is_set()):
+            r = http.post("/api/label/next/")
+            if r.status_code != 200:
+                stats.errors.append(f"next: {r.status_code} {r.text[:200]}")
+                return
+            task = r.json().get("task")
+            if not task:
+                return
+            question = task["prompt"]
+            if not task["completions"]:
+                http.post(f"/api/label/tasks/{task['task_id']}/skip/", json={"reason": "no completions"})
+                stats.add(skipped=1)
+                continue
+            body = rank(task["subject"], question, task["completions"], noise, rng)
+            r = http.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body)
+            if r.status_code in (200, 201):
+                stats.add(submitted=1)
+                done += 1
+                if on_submit:
+                    on_submit(r.json())
+            elif r.status_code == 409:
+                stats.add(refused=1)
+            else:
+                stats.errors.append(f"submit {task['task_id']}: {r.status_code} {r.text[:200]}")
+                return
+
+
+def labeler_noise(base_noise: float, index: int, seed: int = 0) -> float:
+    """Per-labeler noise: the base scale times a factor in [0.5, 1.5) fixed by the labeler's index."""
+    return base_noise * (0.5 + random.Random(f"noise:{seed}:{index}").random())
+

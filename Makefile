@@ -32,6 +32,7 @@ demo-model: install
 	$(BIN)/python -m rlhf demo-model ensure
 
 demo: seed demo-model
+	@$(BIN)/python -c "from serving.config import admin_token; admin_token()"  # web, worker and endpoint share it
 	@echo "Starting web (http://127.0.0.1:8000), Celery worker and beat, and the model endpoint. Ctrl-C stops all."
 	$(BIN)/honcho -f Procfile start
 

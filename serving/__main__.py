@@ -21,6 +21,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
     p.add_argument("--base-model", default=base_default, help="'demo' or a model directory")
     p.add_argument("--adapters-dir", type=Path, default=adapters_default,
                    help="<dir>/<subject>/v<N>/ adapters; the newest verified version of each is loaded")
+    p.add_argument("--state-file", type=Path, default=None,
+                   help="where loaded versions and routing are remembered across restarts "
+                        "(default <adapters-dir>/.endpoint_state.json)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--max-new-tokens-limit", type=int, default=512)
@@ -33,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
     return ServerConfig(base_model=a.base_model, adapters_dir=a.adapters_dir, host=a.host, port=a.port,
                         max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                         max_new_tokens_limit=a.max_new_tokens_limit, max_prompt_tokens=a.max_prompt_tokens,
-                        threads=a.threads, switch_interval_ms=a.switch_interval_ms), a.log_level
+                        threads=a.threads, switch_interval_ms=a.switch_interval_ms,
+                        state_file=a.state_file), a.log_level
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -457,6 +457,7 @@ async def admin_routing(request: Request) -> Response:
             raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         route = state.registry.set_routing(subject, data.get("promoted"), data.get("candidate"),
                                            data.get("candidate_share", 0.0))
+        state.save_state()
     except BadRequest as exc:
         return error(exc.status, exc.message)
     except RegistryError as exc:

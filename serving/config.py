@@ -45,6 +45,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     threads: int | None = None  # torch intra-op threads (default: 1 for small CPU models, see server.py)
     switch_interval_ms: float = 5.0  # sys.setswitchinterval (Python default; 1 ms measured no better)
+    state_file: Path | None = None  # default: <adapters_dir>/.endpoint_state.json
     device: str | None = "cpu"  # None: CUDA when available (rlhf.models.default_device)
 
 

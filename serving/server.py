@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,7 +62,11 @@ class EndpointState:
                                        max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue,
                                        max_prefill_tokens=self.config.max_prefill_tokens)
             if self.config.adapters_dir is not None:
-                self._load_startup_adapters(Path(self.config.adapters_dir))
+                restored = self._restore_state()
+                # subjects the state does not cover (first start, or an artefact that vanished) start on
+                # their newest verified version
+                missing = {s for s in self.registry.subjects} - {s for s, _ in self.registry.versions}
+                self._load_startup_adapters(Path(self.config.adapters_dir), only=missing if restored else None)
             self.scheduler.start()
             self.ready = True
             log.info("endpoint ready: base %s, %d adapter(s)", self.base_model_id, len(self.registry.versions))
@@ -68,8 +74,71 @@ class EndpointState:
             log.exception("endpoint failed to load")
             self.error = f"failed to load the model: {exc}"
 
-    def _load_startup_adapters(self, root: Path) -> None:
+    # ---- what the admin API last set survives a restart ----------------------------------------
+    @property
+    def state_file(self) -> Path | None:
+        """Where the loaded versions and the routing are remembered (beside the adapters).
+
+        Why: after a restart the endpoint must serve what the registry (the database) last told it,
+        not whatever adapter is newest on disk (a retired candidate, say).
+        """
+        if self.config.state_file is not None:
+            return Path(self.config.state_file)
+        if self.config.adapters_dir is None:
+            return None
+        return Path(self.config.adapters_dir) / ".endpoint_state.json"
+
+    def save_state(self) -> None:
+        path = self.state_file
+        if path is None:
+            return
+        desc = self.registry.describe()
+        state = {
+            "adapters": [{"subject": a["subject"], "version": a["version"], "path": a.get("path")}
+                         for a in desc["adapters"] if a.get("version") is not None and a.get("path")],
+            "routing": desc["routing"],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+    def _restore_state(self) -> bool:
+        """Load exactly the remembered versions and routing; False when there is nothing to restore."""
+        path = self.state_file
+        if path is None or not path.is_file():
+            return False
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable endpoint state %s: %s", path, exc)
+            return False
+        for item in state.get("adapters", []):
+            try:
+                av = self._prepare(item["subject"], int(item["version"]), Path(item["path"]))
+            except (BadRequest, RegistryError, KeyError, TypeError, ValueError) as exc:
+                log.warning("not restoring adapter %s: %s", item, getattr(exc, "message", exc))
+                continue
+            self.runner.install(av.slot, av._loaded)
+            del av._loaded
+            self.registry.add(av)
+        for subject, route in (state.get("routing") or {}).items():
+            try:
+                self.registry.set_routing(subject, route.get("promoted"), route.get("candidate"),
+                                          route.get("candidate_share", 0.0))
+            except RegistryError as exc:
+                log.warning("not restoring routing of %s: %s", subject, exc.message)
+        self.metrics.adapters_loaded.set(len(self.registry.versions))
+        log.info("restored endpoint state from %s", path)
+        return True
+
+    def _load_startup_adapters(self, root: Path, only: set[str] | None = None) -> None:
         for subject, versions in latest_versions(root).items():
+            if only is not None and subject not in only:
+                continue
             for version, path in versions:  # newest first; a tampered newest falls back to the one before
                 try:
                     av = self._prepare(subject, version, path)
@@ -125,6 +194,7 @@ class EndpointState:
             self.registry.return_slot(av.slot)
             raise
         self.metrics.adapters_loaded.set(len(self.registry.versions))
+        self.save_state()
         log.info("loaded adapter %s v%s (%s) into slot %d", subject, version, av.method, av.slot)
         return av
 
@@ -132,6 +202,7 @@ class EndpointState:
         """Returns True when requests are still finishing on it (the slot is freed after them)."""
         av = self.registry.unload(subject, version)
         self.metrics.adapters_loaded.set(len(self.registry.versions))
+        self.save_state()
         if av is None:
             return True
 

@@ -1,0 +1,141 @@
+"""Reward-model benchmark on real preference data (Anthropic HH-RLHF, harmless-base, 1,500 pairs).
+
+Trains on 1,200 pairs and reports held-out pairwise accuracy on the other 300 and training pairs/s for:
+
+- ours:  ``rlhf.reward.train_reward_model`` (weighted Bradley–Terry subclass of TRL's RewardTrainer, our
+         CPU-sized ``RewardConfig``), and
+- stock: TRL's ``RewardTrainer`` with its default ``RewardConfig`` (lr 1e-4, batch 8, gradient checkpointing,
+         bf16 when available), on the same backbone, the same texts and the same epoch/length budget,
+
+in the same process, and prints both and the ratios. Not a test: run by hand,
+
+    .venv/bin/python benchmarks/reward_model.py [--backbone demo|demo:tiny|PATH] [--epochs 1] [--max-length 320]
+
+Both trainers get the same tokenized pairs: all 1,200, texts longer than ``--max-length`` tokens cut from the
+left (the earliest context goes; stock TRL would drop them instead), and both are scored the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-1500.jsonl.gz"
+
+
+def split_dialogue(text: str) -> tuple[list[dict[str, str]], str, str]:
+    """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> (earlier turns, last human message, final assistant reply)."""
+    turns: list[dict[str, str]] = []
+    for chunk in text.split("\n\nHuman: ")[1:]:
+        human, sep, rest = chunk.partition("\n\nAssistant: ")
+        turns.append({"role": "user", "content": human.strip()})
+        if sep:
+            turns.append({"role": "assistant", "content": rest.strip()})
+    if len(turns) < 2 or turns[-1]["role"] != "assistant":
+        raise ValueError("dialogue does not end with an assistant turn")
+    return turns[:-2], turns[-2]["content"], turns[-1]["content"]
+
+
+def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300) -> Path:
+    """HH-RLHF pairs -> our snapshot schema (docs/architecture.md); the first n_train rows train, the next
+    n_test are held out."""
+    from datasets import Dataset, DatasetDict
+
+    rows = []
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            pair = json.loads(line)
+            context, prompt, chosen = split_dialogue(pair["chosen"])
+            _, prompt_r, rejected = split_dialogue(pair["rejected"])
+            if prompt_r != prompt:  # the two share everything up to the last reply
+                continue
+            rows.append({"prompt": prompt, "context": json.dumps(context), "chosen": chosen, "rejected": rejected,
+                         "weight": 1.0, "subject": "general_knowledge", "source": f"hh-rlhf:{i}"})
+    DatasetDict({"train": Dataset.from_list(rows[:n_train]), "test": Dataset.from_list(rows[n_train:n_train + n_test])}).save_to_disk(
+        str(out))
+    return out
+
+
+def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int) -> dict[str, float]:
+    """TRL's RewardTrainer with its default RewardConfig (only output dir, epochs, max_length, logging off)."""
+    import torch
+    import trl
+
+    from rlhf.reward import load_preference_dataset, load_reward_backbone, pairwise_accuracy, tokenize_pairs
+
+    ds = load_preference_dataset(snapshot)
+    model, tok = load_reward_backbone(backbone, seed=seed)
+    train = tokenize_pairs(ds["train"], tok, max_length, use_weights=False)  # same pairs and texts as ours
+    with tempfile.TemporaryDirectory() as run_dir:
+        args = trl.RewardConfig(output_dir=run_dir, num_train_epochs=epochs, max_length=max_length, report_to=[],
+                                save_strategy="no", disable_tqdm=True, seed=seed,
+                                use_cpu=not torch.cuda.is_available())
+        trainer = trl.RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
+        n = len(trainer.train_dataset)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    acc = pairwise_accuracy(trainer.model, tok, ds["test"], 16, max_length)
+    return {"accuracy": acc["accuracy"], "pairs_per_second": n * epochs / seconds, "train_pairs": n,
+            "train_seconds": seconds, "test_pairs": acc["pairs"]}
+
+
+def run_ours(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int, out: Path) -> dict[str, float]:
+    from rlhf.reward import RewardConfig, train_reward_model
+
+    cfg = RewardConfig(epochs=epochs, max_length=max_length, seed=seed, logging_steps=50)
+    m = train_reward_model(snapshot, out, cfg, base_model=backbone)
+    return {"accuracy": m["accuracy"], "pairs_per_second": m["pairs_per_second"], "train_pairs": m["train_pairs"],
+            "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="demo", help="demo, demo:tiny, or a local HF model directory")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, default=320)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("ours", "stock"), default=None)
+    parser.add_argument("--train-pairs", type=int, default=1200, help="smoke runs: fewer (the rest is held out)")
+    args = parser.parse_args()
+    if not DATA.exists():
+        print(f"skipped: {DATA} not found (the shared reference data lives outside the repository)")
+        return 0
+    import torch
+
+    from rlhf.models import resolve_base_path
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    backbone = str(resolve_base_path(args.backbone))
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs)
+        if args.only != "stock":
+            results["ours"] = run_ours(backbone, snapshot, args.epochs, args.max_length, args.seed, Path(tmp) / "rm")
+            print("ours ", json.dumps(results["ours"]), flush=True)
+        if args.only != "ours":
+            results["stock"] = run_stock(backbone, snapshot, args.epochs, args.max_length, args.seed)
+            print("stock", json.dumps(results["stock"]), flush=True)
+    print(f"backbone={args.backbone} ({backbone}) epochs={args.epochs} max_length={args.max_length} "
+          f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()}")
+    for name, r in results.items():
+        print(f"{name:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
+              f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s)")
+    if len(results) == 2:
+        o, s = results["ours"], results["stock"]
+        print(f"ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
+              f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -204,6 +204,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_BROKER_DIR / "processed"),
         "store_processed": False,
         "control_folder": str(_BROKER_DIR / "control"),
+        # kombu polls the folder; its 1 s default turns every hand-off into a one-second wait
+        "polling_interval": float_var("CELERY_FILESYSTEM_POLLING_INTERVAL", 0.1, lo=0.01, hi=10),
     }
 _results_dir = VAR_DIR / "celery" / "results"
 CELERY_RESULT_BACKEND = url_var(
@@ -254,6 +256,8 @@ FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 102
 TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
 TRAINING_CANARY_SHARE = float_var("TRAINING_CANARY_SHARE", 0.1, lo=0.0, hi=1.0)
 TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
+# seconds between a job's progress/metrics writes (every step is kept; writes are batched)
+TRAINING_PROGRESS_INTERVAL = float_var("TRAINING_PROGRESS_INTERVAL", 1.0, lo=0.0, hi=60)
 TUTOR_DEPLOY_TARGET = env.str("TUTOR_DEPLOY_TARGET", default="local")
 # the evaluation gate (rlhf.evaluation): a candidate is promoted only if every enabled suite passes
 TRAINING_GATE_SUITES = list_var("TRAINING_GATE_SUITES", ["reward_win_rate", "answer_key_accuracy", "kl",

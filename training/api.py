@@ -41,7 +41,8 @@ class JobListView(APIView):
 
     permission_classes = [IsAdmin]
 
-    @extend_schema(parameters=[OpenApiParameter("ids", str, description="comma-separated job ids"),
+    @extend_schema(operation_id="studio_jobs_list",
+                   parameters=[OpenApiParameter("ids", str, description="comma-separated job ids"),
                                OpenApiParameter("status", str), OpenApiParameter("kind", str)], responses=_any)
     def get(self, request):
         ids = [int(x) for x in request.query_params.get("ids", "").split(",") if x.strip().isdigit()]

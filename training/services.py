@@ -520,7 +520,7 @@ def execute_job(job_id: int, worker: str = "") -> str:
     job = claim_job(job_id, worker)
     if job is None:
         return "skipped"
-    reporter = JobReporter(job)
+    reporter = JobReporter(job, interval=settings.TRAINING_PROGRESS_INTERVAL)
     status = Job.Status.FAILED
     try:
         with Heartbeat(job.pk, settings.TRAINING_HEARTBEAT_SECONDS):

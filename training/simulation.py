@@ -73,9 +73,13 @@ def hidden_score(subject: str, question: str, reply: str) -> dict[str, Any]:
 
 
 NOISE_SCALE = 2.0
+# Like people, a simulated labeler calls two replies "about the same" (a tie, which yields no pair)
+# when their scores differ by less than this: near-equal replies would otherwise give coin-flip pairs.
+TIE_MARGIN = 0.25
 
 
-def rank(subject: str, question: str, completions: list[dict], noise: float, rng: random.Random) -> dict:
+def rank(subject: str, question: str, completions: list[dict], noise: float, rng: random.Random,
+         tie_margin: float = TIE_MARGIN) -> dict:
     """A submission for the labeler API: groups of completion ids best first, ratings, unsafe flag."""
     scored = []
     for c in completions:
@@ -84,13 +88,13 @@ def rank(subject: str, question: str, completions: list[dict], noise: float, rng
         scored.append((h["score"] + (rng.gauss(0.0, noise * NOISE_SCALE) if noise > 0 else 0.0), c["id"], h))
     scored.sort(key=lambda t: -t[0])
     groups: list[list[int]] = []
-    last = None
+    head = None  # the score of the current group's best reply
     for s, cid, _ in scored:
-        if last is not None and abs(s - last) < 1e-9:
-            groups[-1].append(cid)  # identical scores: a tie (yields no pair)
+        if head is not None and head - s < max(tie_margin, 1e-9):
+            groups[-1].append(cid)  # about the same as the group's best: a tie (yields no pair)
         else:
             groups.append([cid])
-        last = s
+            head = s
     unsafe = [h for _, _, h in scored if h["unsafe"]]
     return {
         "order": groups,

@@ -60,18 +60,20 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
     try:
         procs.append(start_celery_worker(env, concurrency=2))  # like the demo Procfile
         # 1. demo students chat (consenting: their prompts enter the labeling pool)
-        questions = [it.question for it in seed_prompts(SUBJECT, 40, seed=7)]
+        questions = [it.question for it in seed_prompts(SUBJECT, 100, seed=7)]
         students = [_student(web, f"student-{i}") for i in range(2)]
         convs = []
         for i, http in enumerate(students):
-            conv = http.post("/api/conversations/", json={"subject": SUBJECT, "consent_override": True}).json()
+            resp = http.post("/api/conversations/", json={"subject": SUBJECT, "consent_override": True})
+            assert resp.status_code == 201, resp.text
+            conv = resp.json()
             convs.append(conv["id"])
             for q in questions[i * 3 : i * 3 + 3]:
                 assert _ask(http, conv["id"], q)["adapter"]["version"] == 1
         # 2. comparison tasks from the student prompts and a seed pool (K=4 samples from the endpoint)
         for i, q in enumerate(questions[6:]):
             add_prompt(subject=SUBJECT, text=q, source="seed", source_ref=f"e2e:{i}")
-        made = build_tasks(limit=100, k=4)
+        made = build_tasks(limit=200, k=4)
         assert made["tasks"] >= 30, made
         # 3. simulated labelers rank them through the labeler HTTP API
         call_command("simulate_labelers", n=4, noise=0.05, url=web, seed=1)

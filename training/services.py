@@ -172,6 +172,16 @@ def apply_deployment(dep: Deployment, deployer=None, attempts: int | None = None
     return dep
 
 
+def _lock_version(version: PolicyVersion | int) -> PolicyVersion:
+    """Lock a version and its subject's versions (inside a transaction); 404 when it does not exist."""
+    pv_id = version.pk if isinstance(version, PolicyVersion) else int(version)
+    pv = PolicyVersion.objects.select_for_update().filter(pk=pv_id).first()
+    if pv is None:
+        raise TrainingError(f"policy version {pv_id} does not exist", 404)
+    _lock_subject(pv.subject)
+    return pv
+
+
 def _lock_subject(subject: str) -> list[PolicyVersion]:
     """Lock the subject's versions for the rest of the transaction (PostgreSQL; SQLite is serialised)."""
     return list(PolicyVersion.objects.select_for_update().filter(subject=subject).order_by("version"))
@@ -199,12 +209,8 @@ def _passed_gate(pv: PolicyVersion) -> bool:
 def promote(version: PolicyVersion | int, user=None, job: Job | None = None, deployer=None,
             require_gate: bool = True) -> Deployment:
     """Make ``version`` the subject's promoted version (100 % of traffic) in one transaction."""
-    pv_id = version.pk if isinstance(version, PolicyVersion) else int(version)
     with transaction.atomic():
-        pv = PolicyVersion.objects.select_for_update().filter(pk=pv_id).first()
-        if pv is None:
-            raise TrainingError(f"policy version {pv_id} does not exist", 404)
-        _lock_subject(pv.subject)
+        pv = _lock_version(version)
         if pv.status == PolicyVersion.Status.PROMOTED:
             raise TrainingError(f"{pv} is already promoted", 409)
         if pv.status in (PolicyVersion.Status.TRAINING, PolicyVersion.Status.FAILED):
@@ -230,12 +236,8 @@ def start_canary(version: PolicyVersion | int, share: float | None = None, user=
     share = settings.TRAINING_CANARY_SHARE if share is None else float(share)
     if not 0.0 < share < 1.0:
         raise TrainingError(f"canary share must be between 0 and 1 (exclusive), got {share}")
-    pv_id = version.pk if isinstance(version, PolicyVersion) else int(version)
     with transaction.atomic():
-        pv = PolicyVersion.objects.select_for_update().filter(pk=pv_id).first()
-        if pv is None:
-            raise TrainingError(f"policy version {pv_id} does not exist", 404)
-        _lock_subject(pv.subject)
+        pv = _lock_version(version)
         if pv.status not in (PolicyVersion.Status.CANDIDATE, PolicyVersion.Status.CANARY):
             raise TrainingError(f"{pv} is {pv.status}: only a candidate can go to canary", 409)
         if not _passed_gate(pv):
@@ -253,13 +255,9 @@ def start_canary(version: PolicyVersion | int, share: float | None = None, user=
 
 def retire(version: PolicyVersion | int, user=None, note: str = "", deployer=None) -> PolicyVersion:
     """Take a candidate or canary out of the running (a canary's traffic returns to the promoted version)."""
-    pv_id = version.pk if isinstance(version, PolicyVersion) else int(version)
     dep = None
     with transaction.atomic():
-        pv = PolicyVersion.objects.select_for_update().filter(pk=pv_id).first()
-        if pv is None:
-            raise TrainingError(f"policy version {pv_id} does not exist", 404)
-        _lock_subject(pv.subject)
+        pv = _lock_version(version)
         if pv.status not in (PolicyVersion.Status.CANDIDATE, PolicyVersion.Status.CANARY):
             raise TrainingError(f"{pv} is {pv.status}: only a candidate or canary can be retired", 409)
         was_canary = pv.status == PolicyVersion.Status.CANARY

@@ -44,7 +44,8 @@ def test_worker_process_runs_a_task_over_redis(transactional_db):
     if reason:
         pytest.skip(reason)
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    redis_app = Celery("tutorloop-test", broker=REDIS_TEST_URL, backend=REDIS_TEST_URL)
+    # not the current app: shared tasks sent later by other tests must keep using the project's app
+    redis_app = Celery("tutorloop-test", broker=REDIS_TEST_URL, backend=REDIS_TEST_URL, set_as_current=False)
     redis_app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     env = subprocess_env(CELERY_BROKER_URL=REDIS_TEST_URL, CELERY_RESULT_BACKEND=REDIS_TEST_URL)
     worker = start_celery_worker(env, app=redis_app, queues=queue)

@@ -14,11 +14,8 @@ from tests.fixtures.processes import start_celery_worker, subprocess_env
 
 
 @pytest.fixture
-def endpoint(request, settings):
-    try:
-        server = request.getfixturevalue("endpoint_server")
-    except pytest.FixtureLookupError as exc:
-        pytest.skip(f"endpoint fixture unavailable: {exc}")
+def endpoint(endpoint_server, settings):
+    server = endpoint_server
     settings.TUTOR_ENDPOINT_URL = server.url
     settings.TUTOR_ENDPOINT_ADMIN_TOKEN = server.admin_token
     settings.TUTOR_MAX_NEW_TOKENS = 8

@@ -146,8 +146,7 @@ def test_stop_string_truncates(server):
     base = {"messages": [{"role": "user", "content": "Tell me a story."}], "subject": "history",
             "parameters": {"max_new_tokens": 20, "min_new_tokens": 20, "temperature": 0}}
     full = post(server.url, base).json()["outputs"][0]
-    if len(full["text"]) < 4:
-        pytest.skip("the tiny model's greedy answer is too short to cut")
+    assert len(full["text"]) >= 4, full  # min_new_tokens=20 guarantees something to cut
     stop = full["text"][2:4]
     cut = post(server.url, {**base, "parameters": {**base["parameters"], "stop": [stop]}}).json()["outputs"][0]
     assert cut["finish_reason"] == "stop"

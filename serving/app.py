@@ -110,15 +110,21 @@ def parse_parameters(raw: Any, cfg: ServerConfig) -> SamplingParams:
     )
 
 
-def parse_invocation(body: bytes, cfg: ServerConfig, tokenizer: Any, build_prompt: Any) -> Invocation:
-    if len(body) > cfg.max_body_bytes:
-        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {cfg.max_body_bytes}")
+def json_object(body: bytes) -> dict:
+    """The body as a JSON object, or a 400 that says what is wrong with it."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(400, f"malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "the request body must be a JSON object")
+    return data
+
+
+def parse_invocation(body: bytes, cfg: ServerConfig, tokenizer: Any, build_prompt: Any) -> Invocation:
+    if len(body) > cfg.max_body_bytes:
+        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {cfg.max_body_bytes}")
+    data = json_object(body)
     unknown = set(data) - {"messages", "prompt", "subject", "adapter", "routing_key", "parameters"}
     if unknown:
         raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -390,14 +396,7 @@ def _authorised(request: Request) -> JSONResponse | None:
 
 
 async def _json_object(request: Request) -> dict:
-    body = await request.body()
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(400, f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest(400, "the request body must be a JSON object")
-    return data
+    return json_object(await request.body())
 
 
 async def admin_list(request: Request) -> Response:

@@ -241,6 +241,8 @@ TUTOR_DATASETS_DIR = VAR_DIR / "datasets"
 # --- tutor (chat) -----------------------------------------------------------------------------------
 TUTOR_MAX_MESSAGE_CHARS = int_var("TUTOR_MAX_MESSAGE_CHARS", 2000, minimum=10)
 TUTOR_MAX_NEW_TOKENS = int_var("TUTOR_MAX_NEW_TOKENS", 96, minimum=1)
+# sampling temperature of chat answers (0 = greedy, the same answer every time)
+TUTOR_CHAT_TEMPERATURE = float_var("TUTOR_CHAT_TEMPERATURE", 0.7, lo=0.0, hi=5.0)
 # the newest turns sent to the endpoint, in characters (its prompt limit is in tokens)
 TUTOR_CONTEXT_CHARS = int_var("TUTOR_CONTEXT_CHARS", 3000, minimum=100)
 

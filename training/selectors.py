@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -206,5 +206,47 @@ def reward_models(limit: int = 20) -> list[RewardModelVersion]:
     return list(RewardModelVersion.objects.select_related("snapshot").order_by("-id")[:limit])
 
 
-def deployments(limit: int = 30) -> list[Deployment]:
-    return list(Deployment.objects.select_related("promoted", "candidate", "created_by").order_by("-id")[:limit])
+def deployments(limit: int = 30, *, version: PolicyVersion | None = None, job: Job | None = None) -> list[Deployment]:
+    """Deployments, newest first (all, a version's, or a job's), each with ``call_log`` for the studio."""
+    qs = Deployment.objects.select_related("promoted", "candidate", "created_by")
+    if version is not None:
+        qs = qs.filter(Q(promoted=version) | Q(candidate=version))
+    if job is not None:
+        qs = qs.filter(job=job)
+    out = list(qs.order_by("-id")[:limit])
+    for dep in out:
+        dep.call_log = deployment_calls(dep)
+    return out
+
+
+def _call_row(step: str, call: dict[str, Any]) -> dict[str, Any]:
+    ok = bool(call.get("ok"))
+    outcome = (call.get("result") or "ok") if ok else (call.get("error") or "failed")
+    return {"step": step, "call": call.get("call", "?"), "resource": call.get("resource", ""), "ok": ok,
+            "outcome": outcome, "message": "" if ok else call.get("message", ""), "ms": call.get("ms")}
+
+
+def deployment_calls(dep: Deployment) -> list[dict[str, Any]]:
+    """Each attempt of a deployment with every AWS call it made, in order, and its outcome.
+
+    Why: an admin deploying to SageMaker must see which call failed (throttling, a missing role or
+    bucket) on the job, not a traceback. Reads the ``aws_calls`` the SageMaker deployer returns per
+    step (``Deployment.detail``); a local-endpoint deployment has none.
+    """
+    attempts = []
+    for record in dep.detail or []:
+        rows: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for key, value in record.items():
+            if isinstance(value, dict) and isinstance(value.get("aws_calls"), list):
+                rows += [_call_row(key, c) for c in value["aws_calls"]]
+                if value.get("message"):
+                    notes.append(f"{key}: {value['message']}")
+                notes += [f"{key}: {w}" for w in value.get("warnings") or []]
+            elif key == "state_aws_calls":
+                rows += [_call_row("state", c) for c in value or []]
+            elif key == "aws_calls":
+                rows += [_call_row(record.get("failed_step") or "?", c) for c in value or []]
+        attempts.append({"attempt": record.get("attempt"), "at": record.get("at", ""), "error": record.get("error", ""),
+                         "failed_step": record.get("failed_step", ""), "calls": rows, "notes": notes})
+    return attempts

@@ -145,16 +145,22 @@ def apply_deployment(dep: Deployment, deployer=None, attempts: int | None = None
     for attempt in range(1, attempts + 1):
         dep.attempts += 1
         record: dict[str, Any] = {"attempt": dep.attempts, "at": timezone.now().isoformat()}
+        step = "configure"
         try:
             deployer = deployer or get_deployer()
             for pv in (dep.promoted, dep.candidate):
                 if pv is not None:
-                    record[f"publish_v{pv.version}"] = deployer.publish(dep.subject, pv.version, pv.path, pv.sha256)
-            record["set_traffic"] = deployer.set_traffic(
+                    step = f"publish_v{pv.version}"
+                    record[step] = deployer.publish(dep.subject, pv.version, pv.path, pv.sha256)
+            step = "set_traffic"
+            record[step] = deployer.set_traffic(
                 dep.subject, dep.promoted.version, dep.candidate.version if dep.candidate_id else None,
                 dep.candidate_share if dep.candidate_id else 0.0)
+            step = "state"
             state = deployer.state()
             record["state"] = state.get(dep.subject)
+            if isinstance(getattr(deployer, "calls", None), list):  # SageMaker: the reads behind state()
+                record["state_aws_calls"] = list(deployer.calls)
             if _agrees(state, dep):
                 dep.status, dep.applied_at, dep.error = Deployment.Status.APPLIED, timezone.now(), ""
                 dep.detail = (dep.detail or [])[-9:] + [record]
@@ -163,6 +169,9 @@ def apply_deployment(dep: Deployment, deployer=None, attempts: int | None = None
             last_error = f"target state {state.get(dep.subject)} does not match the deployment yet"
         except Exception as exc:  # DeployError, connection errors: retry, then leave pending
             last_error = f"{type(exc).__name__}: {exc}"
+            record["failed_step"] = step
+            # the AWS calls of the failed step, up to the one that failed (shown on the job)
+            record["aws_calls"] = list((getattr(exc, "details", None) or {}).get("aws_calls") or [])
         record["error"] = last_error
         dep.detail = (dep.detail or [])[-9:] + [record]
         if attempt < attempts:

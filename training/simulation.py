@@ -75,7 +75,10 @@ def hidden_score(subject: str, question: str, reply: str) -> dict[str, Any]:
 NOISE_SCALE = 2.0
 # Like people, a simulated labeler calls two replies "about the same" (a tie, which yields no pair)
 # when their scores differ by less than this: near-equal replies would otherwise give coin-flip pairs.
-TIE_MARGIN = 0.25
+# 0.5 is half the in-format bonus: a reply twice as long as the reference, or half repeated, is "worse";
+# smaller differences between two wrong answers are not something a person ranks consistently
+# (at 0.25 a quarter of the held-out pairs were such near calls and capped reward-model accuracy at ~0.75).
+TIE_MARGIN = 0.5
 
 
 def rank(subject: str, question: str, completions: list[dict], noise: float, rng: random.Random,
@@ -120,15 +123,16 @@ class SimStats:
 
 
 def run_labeler(base_url: str, token: str, noise: float, seed: int, max_tasks: int, stats: SimStats,
-                on_submit=None, stop: threading.Event | None = None, timeout: float = 30.0) -> None:
+                on_submit=None, stop: threading.Event | None = None, timeout: float = 30.0,
+                tie_margin: float = TIE_MARGIN) -> None:
     """One labeler: next task → rank by the hidden preference (+ its noise) → submit, until the queue is empty."""
     try:
-        _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout)
+        _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout, tie_margin)
     except Exception as exc:  # a thread's exception would vanish: report it
         stats.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout) -> None:
+def _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout, tie_margin) -> None:
     rng = random.Random(seed)
     headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=timeout) as http:
@@ -146,7 +150,7 @@ def _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, sto
                 http.post(f"/api/label/tasks/{task['task_id']}/skip/", json={"reason": "no completions"})
                 stats.add(skipped=1)
                 continue
-            body = rank(task["subject"], question, task["completions"], noise, rng)
+            body = rank(task["subject"], question, task["completions"], noise, rng, tie_margin)
             r = http.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body)
             if r.status_code in (200, 201):
                 stats.add(submitted=1)

@@ -45,7 +45,7 @@ def job_detail(request, pk: int):
         "job": job, "children": job.children.order_by("id"), "config_json": json.dumps(job.config, indent=2),
         "result_json": json.dumps(job.result, indent=2),
         "versions": job.policy_versions.all(), "reward_models": job.reward_models.all(),
-        "reports": job.evaluations.all()})
+        "reports": job.evaluations.all(), "deployments": selectors.deployments(job=job)})
 
 
 @admin_only
@@ -111,7 +111,8 @@ def version_detail(request, pk: int):
     pv = get_object_or_404(PolicyVersion.objects.select_related("parent", "snapshot", "reward_model"), pk=pk)
     return render(request, "training/version_detail.html", {
         "pv": pv, "lineage": selectors.lineage(pv), "reports": pv.evaluations.select_related("baseline"),
-        "metrics_json": json.dumps(pv.metrics, indent=2), "siblings": selectors.versions(pv.subject)})
+        "metrics_json": json.dumps(pv.metrics, indent=2), "siblings": selectors.versions(pv.subject),
+        "deployments": selectors.deployments(version=pv)})
 
 
 @admin_only

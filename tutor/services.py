@@ -194,6 +194,7 @@ def endpoint_payload(reply_to: Message) -> dict:
         "subject": conversation.subject.slug,
         "routing_key": conversation.routing_key,
         "max_new_tokens": settings.TUTOR_MAX_NEW_TOKENS,
+        "temperature": settings.TUTOR_CHAT_TEMPERATURE,
     }
 
 

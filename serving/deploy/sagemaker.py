@@ -158,11 +158,12 @@ class SageMakerDeployer:
         service = client.meta.service_model.service_name if hasattr(client, "meta") else "aws"
         name = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
         started = time.monotonic()
-        record: dict[str, Any] = {"call": f"{service}:{op}"}
+        record: dict[str, Any] = {"call": f"{service}:{op}", "resource": _resource(kwargs)}
         try:
             response = getattr(client, name)(**kwargs)
         except ClientError as exc:
-            record.update(ok=False, error=_code(exc), ms=round((time.monotonic() - started) * 1000, 1))
+            record.update(ok=False, error=_code(exc), message=str(exc.response.get("Error", {}).get("Message", ""))[:300],
+                          ms=round((time.monotonic() - started) * 1000, 1))
             self.calls.append(record)
             raise
         record.update(ok=True, ms=round((time.monotonic() - started) * 1000, 1))
@@ -173,6 +174,7 @@ class SageMakerDeployer:
         """The last call's "not found" answer was expected (a Describe before a Create): record it so."""
         record = self.calls[-1]
         record.pop("error", None)
+        record.pop("message", None)
         record.update(ok=True, result="not found")
 
     @contextlib.contextmanager
@@ -585,6 +587,16 @@ class SageMakerDeployer:
                     deleted.append(f"s3://{self.config.bucket}/{self.routing_key}")
         return self._result(action="deleted" if deleted else "unchanged", deleted=deleted,
                             message=f"deleted {len(deleted)} resource(s)" if deleted else "nothing to delete")
+
+
+def _resource(kwargs: dict[str, Any]) -> str:
+    """What a call acted on (an S3 URI, an endpoint/model/config name, an ARN), for the job's call table."""
+    if kwargs.get("Bucket"):
+        return f"s3://{kwargs['Bucket']}/{kwargs.get('Key') or kwargs.get('Prefix') or ''}"
+    for name in ("EndpointName", "InferenceComponentName", "EndpointConfigName", "ModelName", "ResourceArn"):
+        if kwargs.get(name):
+            return str(kwargs[name])
+    return ""
 
 
 def _code(exc: Any) -> str:

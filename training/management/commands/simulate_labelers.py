@@ -24,6 +24,9 @@ class Command(BaseCommand):
         parser.add_argument("--noise", type=float, default=0.1, help="base noise scale (0 = perfect labelers)")
         parser.add_argument("--gold-rate", type=float, default=0.0,
                             help="share of tasks whose noise-free ranking becomes a gold reference")
+        parser.add_argument("--tie-margin", type=float, default=None,
+                            help="replies whose noisy scores differ by less than this are ranked as a tie "
+                                 "(default: training.simulation.TIE_MARGIN)")
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="the web server")
         parser.add_argument("--max-tasks", type=int, default=1000, help="per labeler")
         parser.add_argument("--prefix", default="simlabeler", help="usernames are <prefix>-01, -02, ...")
@@ -35,13 +38,14 @@ class Command(BaseCommand):
         from rest_framework.authtoken.models import Token
         from tqdm import tqdm
 
-        from training.simulation import SimStats, labeler_noise, run_labeler
+        from training.simulation import TIE_MARGIN, SimStats, labeler_noise, run_labeler
         from tutor.accounts import create_user
         from tutor.roles import Role
 
         n, noise, gold_rate = opts["n"], opts["noise"], opts["gold_rate"]
-        if n < 1 or noise < 0 or not 0 <= gold_rate <= 1:
-            raise CommandError("--n must be >= 1, --noise >= 0, --gold-rate in [0, 1]")
+        tie_margin = TIE_MARGIN if opts["tie_margin"] is None else opts["tie_margin"]
+        if n < 1 or noise < 0 or not 0 <= gold_rate <= 1 or tie_margin < 0:
+            raise CommandError("--n must be >= 1, --noise >= 0, --gold-rate in [0, 1], --tie-margin >= 0")
         from django.contrib.auth import get_user_model
 
         User = get_user_model()
@@ -68,7 +72,7 @@ class Command(BaseCommand):
                 before = stats.submitted
                 threads = [threading.Thread(target=run_labeler, args=(
                     opts["url"], tok, labeler_noise(noise, i, opts["seed"]), opts["seed"] * 1000 + i,
-                    opts["max_tasks"], stats, on_submit, stop), daemon=True) for i, tok in enumerate(tokens)]
+                    opts["max_tasks"], stats, on_submit, stop, 30.0, tie_margin), daemon=True) for i, tok in enumerate(tokens)]
                 for t in threads:
                     t.start()
                 for t in threads:

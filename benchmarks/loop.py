@@ -60,10 +60,15 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
 
-    from rlhf.models import resolve_base_path
+    from rlhf.models import DEMO_IDS, resolve_base_path
 
     t0 = time.perf_counter()
-    base = resolve_base_path(args.base)
+    if args.base in DEMO_IDS:  # the demo base `make demo` uses (built once, shared): its v1 adapters fit it
+        from rlhf.demo_model import DemoRecipe, build_demo_model
+
+        base = build_demo_model(DemoRecipe.named(DEMO_IDS[args.base]), base_dir=ROOT / "var" / "models" / "base")
+    else:
+        base = resolve_base_path(args.base)
     settings.TUTOR_BASE_MODEL = str(base)
     print(f"demo base model: {base} ({time.perf_counter() - t0:.0f} s to load or build)")
     ensure_v1(base, var / "models" / "adapters", subjects)
@@ -81,14 +86,23 @@ def main() -> None:
 
 
 def ensure_v1(base: Path, adapters: Path, subjects: list[str]) -> None:
+    """v1 of each subject, trained on this very base (an adapter of another build is refused by the endpoint)."""
     from rlhf.adapters import train_sft
+    from rlhf.manifest import read_manifest
+    from rlhf.models import base_fingerprint
+
+    base_sha = base_fingerprint(base)
+
+    def fits(path: Path) -> bool:
+        return path.is_dir() and read_manifest(path).get("base_model_sha256") in (None, base_sha)
 
     for s in subjects:
         dest = adapters / s / "v1"
-        if dest.exists():
+        if fits(dest):
             continue
+        shutil.rmtree(dest, ignore_errors=True)
         src = ROOT / "var" / "models" / "adapters" / s / "v1"
-        if src.exists():
+        if fits(src):
             shutil.copytree(src, dest)
         else:
             print(f"training v1 of {s} (SFT, not timed)…")
@@ -136,27 +150,33 @@ def make_pairs(subjects: list[str], target: int) -> int:
     labelers = [create_user(username=f"bench-labeler-{i}", password="x", role="labeler", validate_password=False)
                 for i in range(2)]
     rng = random.Random(0)
-    per_subject = target // (len(subjects) * 10) + 4  # ~12 pairs per task (K=4, overlap 2), with slack
-    for s in subjects:
-        for i, it in enumerate(seed_prompts(s, per_subject, seed=3)):
-            add_prompt(subject=s, text=it.question, source="seed", source_ref=f"bench:{s}:{i}")
-    build_tasks(limit=10_000, k=4)
+    # a task yields ~6 pairs (K=4, overlap 2, ties give none): add prompts in rounds until the target is met
+    per_round = max(4, target // (len(subjects) * 6))
+    pool = {s: seed_prompts(s, 3000, seed=3) for s in subjects}
+    used = 0
     bar = tqdm(total=target, desc="pairs", unit="pair")
-    while new_pairs_count(None) < target:
-        progressed = False
-        for lab in labelers:
-            lease = next_task(lab)
-            if lease is None:
-                continue
-            task = lease.assignment.task
-            comps = [{"id": c.pk, "text": c.text} for c in task.completions.all()]
-            body = rank(task.subject, task.prompt.text, comps, 0.1, rng)
-            submit_ranking(lab, task.pk, body)
-            progressed = True
-            bar.n = min(target, new_pairs_count(None))
-            bar.refresh()
-        if not progressed:
-            break
+    while new_pairs_count(None) < target and used < 3000:
+        for s in subjects:
+            for i, it in enumerate(pool[s][used : used + per_round], start=used):
+                add_prompt(subject=s, text=it.question, source="seed", source_ref=f"bench:{s}:{i}")
+        used += per_round
+        build_tasks(limit=10_000, k=4)
+        while new_pairs_count(None) < target:
+            progressed = False
+            for lab in labelers:
+                lease = next_task(lab)
+                if lease is None:
+                    continue
+                task = lease.assignment.task
+                comps = [{"id": c.pk, "text": c.text} for c in task.completions.all()]
+                body = rank(task.subject, task.prompt.text, comps, 0.1, rng)
+                submit_ranking(lab, task.pk, body)
+                progressed = True
+                bar.n = min(target, new_pairs_count(None))
+                bar.refresh()
+            if not progressed:
+                break
+        per_round = max(4, per_round // 2)
     bar.close()
     return new_pairs_count(None)
 

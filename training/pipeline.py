@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -34,9 +35,15 @@ from training.services import (
     start_canary,
 )
 
+if TYPE_CHECKING:
+    from rlhf.alternatives import AltConfig
+
 log = logging.getLogger(__name__)
 
 STAGES = ("snapshot", "reward_model", "ppo", "evaluate", "deploy")
+
+# the policy-optimisation step ("ppo" stage/job kind) runs one of these: our PPO, or TRL's alternatives
+ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
 
 
 # ==================================================================================================
@@ -65,7 +72,9 @@ def default_pipeline_config() -> dict[str, Any]:
     return {
         "snapshot": {"scope": "new", "include_imported": True},
         "reward": RewardConfig().to_dict(),
+        "algorithm": "ppo",
         "ppo": PPOConfig().to_dict(),
+        "alt": alt_defaults(),
         "ppo_prompts": 128,
         "subjects": [],
         "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
@@ -74,6 +83,23 @@ def default_pipeline_config() -> dict[str, Any]:
         "canary_share": settings.TRAINING_CANARY_SHARE,
         "auto_promote": settings.TRAINING_AUTO_PROMOTE,
     }
+
+
+def alt_defaults() -> dict[str, Any]:
+    """``AltConfig``'s defaults without ``algo``: the top-level ``algorithm`` picks it (one source of truth)."""
+    from rlhf.alternatives import AltConfig
+
+    return {k: v for k, v in AltConfig().to_dict().items() if k != "algo"}
+
+
+def alt_config(config: dict) -> AltConfig:
+    """The ``AltConfig`` a RLOO/GRPO/DPO step runs with (``ValueError`` on bad fields)."""
+    from rlhf.alternatives import AltConfig
+
+    algorithm = config.get("algorithm", "ppo")
+    # PPO does not read the section; it is still checked (as DPO, the least constrained) so typos surface
+    return AltConfig.from_dict({**alt_defaults(), **(config.get("alt") or {}),
+                                "algo": algorithm if algorithm != "ppo" else "dpo"})
 
 
 def _merge(base: dict, over: dict, path: str = "") -> dict:
@@ -93,10 +119,21 @@ def validate_pipeline_config(config: dict) -> dict:
 
     if not isinstance(config, dict):
         raise TrainingError("config must be a JSON object")
+    if isinstance(config.get("alt"), dict) and "algo" in config["alt"]:
+        raise TrainingError("alt.algo is not a field: choose the algorithm with the top-level 'algorithm'")
     full = _merge(default_pipeline_config(), config)
+    if full["algorithm"] not in ALGORITHMS:
+        raise TrainingError(f"unknown algorithm {full['algorithm']!r}; expected one of {', '.join(ALGORITHMS)}")
     try:
         RewardConfig.from_dict(full["reward"])
         PPOConfig.from_dict(full["ppo"])
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid config: {exc}") from None
+    try:
+        alt_config(full)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid alt config for {full['algorithm']}: {exc}") from None
+    try:
         EvalConfig.from_dict(full["eval"])
         GateThresholds.from_dict(full["gate"])
     except (TypeError, ValueError) as exc:
@@ -178,32 +215,82 @@ def ppo_prompts(snapshot_path: str, subject: str, n: int, seed: int = 0) -> list
 
 
 def step_ppo(job: Job, rep: JobReporter) -> dict:
-    """PPO on the subject's promoted adapter → a new candidate version (``training`` while it runs)."""
+    """Policy optimisation on the subject's promoted adapter → a new candidate version (``training`` while it runs).
+
+    ``config["algorithm"]`` picks our PPO (default) or TRL's RLOO/GRPO (same prompts and reward model) or DPO
+    (the snapshot's pairs of this subject). The job kind stays ``ppo``: it is the pipeline's policy step.
+    """
     from feedback.models import DatasetSnapshot
     from rlhf.manifest import artifact_sha256
-    from rlhf.ppo import PPOConfig, train_ppo
 
     subject = job.subject
-    cfg = PPOConfig.from_dict(job.config.get("ppo") or {})
+    algorithm = job.config.get("algorithm", "ppo")
+    if algorithm not in ALGORITHMS:
+        raise TrainingError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     rm = RewardModelVersion.objects.get(pk=job.config["reward_model_id"], status=RewardModelVersion.Status.READY)
     snap = DatasetSnapshot.objects.get(pk=job.config["snapshot_id"]) if job.config.get("snapshot_id") else rm.snapshot
     parent = PolicyVersion.objects.get(pk=job.config["parent_id"]) if job.config.get("parent_id") \
         else current_promoted(subject)
     if parent is None:
-        raise TrainingError(f"{subject} has no promoted version to start PPO from")
+        raise TrainingError(f"{subject} has no promoted version to start {algorithm.upper()} from")
     with transaction.atomic():
         version = next_version(subject)
         out = adapters_root() / subject / f"v{version}"
         pv = PolicyVersion.objects.create(subject=subject, version=version, method=parent.method, parent=parent,
-                                          snapshot=snap, reward_model=rm, job=job, path=str(out))
-    rep.log(f"training {pv} from v{parent.version} with reward model {rm.pk}")
-    prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
-    metrics = train_ppo(base_model_path(), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
-    summary = {k: v for k, v in metrics.items() if k != "history"}
+                                          snapshot=snap, reward_model=rm, job=job, path=str(out),
+                                          metrics={"algorithm": algorithm},
+                                          note=f"trained with {algorithm.upper()}")
+    rep.log(f"training {pv} from v{parent.version} with {algorithm.upper()} (reward model {rm.pk})")
+    if algorithm == "ppo":
+        metrics = _train_ppo(job, rep, parent, rm, snap, out, subject)
+    else:
+        metrics = _train_alternative(job, rep, algorithm, parent, rm, snap, out, subject)
+    summary = {"algorithm": algorithm, **{k: v for k, v in metrics.items() if k != "history"}}
     PolicyVersion.objects.filter(pk=pv.pk, status=PolicyVersion.Status.TRAINING).update(
         status=PolicyVersion.Status.CANDIDATE, sha256=artifact_sha256(out), metrics=summary)
-    return {"policy_version_id": pv.pk, "version": version, "final_reward": summary.get("final_reward"),
-            "final_kl": summary.get("final_kl")}
+    return {"policy_version_id": pv.pk, "version": version, "algorithm": algorithm,
+            "final_reward": summary.get("final_reward"), "final_kl": summary.get("final_kl")}
+
+
+def _train_ppo(job: Job, rep: JobReporter, parent: PolicyVersion, rm: RewardModelVersion, snap, out,
+               subject: str) -> dict:
+    from rlhf.ppo import PPOConfig, train_ppo
+
+    cfg = PPOConfig.from_dict(job.config.get("ppo") or {})
+    prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
+    return train_ppo(base_model_path(), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
+
+
+def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: PolicyVersion, rm: RewardModelVersion,
+                       snap, out, subject: str) -> dict:
+    """RLOO/GRPO/DPO through ``rlhf.alternatives``; progress and cancellation go through the same reporter."""
+    from rlhf.alternatives import train_alternative
+
+    try:
+        cfg = alt_config(job.config)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid alt config for {algorithm}: {exc}") from None
+
+    def report(event: dict[str, Any]) -> None:  # TRL's steps arrive as bare "<algo>": say which step
+        if event.get("message") == algorithm:
+            event = {**event, "message": f"{algorithm} step {event.get('step')}/{event.get('total')}"}
+        rep(event)
+
+    # a first event: the job says what it runs, and a cancel requested while it was queued stops it here
+    report({"step": 0, "total": cfg.steps, "progress": 0.0, "message": f"{algorithm}: starting",
+            "metrics": {"algorithm": algorithm}})
+    if algorithm == "dpo":
+        # DPO learns from this subject's pairs of the snapshot; the reward model only judges it at the gate
+        metrics = train_alternative(base_model_path(), parent.path, out, cfg, report, subject=subject,
+                                    dataset_path=snap.path)
+    else:
+        prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
+        metrics = train_alternative(base_model_path(), parent.path, out, cfg, report, subject=subject,
+                                    prompts=prompts, reward_model_path=rm.path)
+    last = (metrics.get("history") or [{}])[-1]
+    final = {"final_loss": last.get("loss"), "final_reward": last.get("reward"), "final_kl": last.get("kl")}
+    finite = {k: float(v) for k, v in final.items() if isinstance(v, int | float) and math.isfinite(v)}
+    return {**finite, **metrics, "config": cfg.to_dict()}
 
 
 def step_evaluate(job: Job, rep: JobReporter) -> dict:
@@ -268,7 +355,8 @@ STEPS = {
 
 
 def _child_config(p: Job, **extra: Any) -> dict:
-    keep = ("reward", "ppo", "ppo_prompts", "eval", "gate", "canary_share", "auto_promote", "snapshot")
+    keep = ("reward", "algorithm", "ppo", "alt", "ppo_prompts", "eval", "gate", "canary_share", "auto_promote",
+            "snapshot")
     return {**{k: p.config[k] for k in keep if k in p.config}, **extra}
 
 
@@ -337,7 +425,7 @@ def advance(pipeline_id: int) -> str:
                 new_jobs.append(create_job(Job.Kind.PPO, _child_config(
                     p, snapshot_id=p.result.get("snapshot_id"), reward_model_id=res["reward_model_id"]),
                     subject=s, parent=p, user=p.launched_by))
-            nxt, message = "ppo", f"PPO on {', '.join(subjects)}"
+            nxt, message = "ppo", f"{p.config.get('algorithm', 'ppo').upper()} on {', '.join(subjects)}"
             p.result = {**(p.result or {}), "reward_model_id": res["reward_model_id"],
                         "reward_model_accuracy": res.get("accuracy")}
         elif stage == "ppo":
@@ -421,5 +509,6 @@ def describe_stage_durations(pipeline: Job) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["STAGES", "STEPS", "advance", "default_pipeline_config", "validate_pipeline_config", "run_inline",
+__all__ = ["ALGORITHMS", "STAGES", "STEPS", "alt_config", "alt_defaults", "advance", "default_pipeline_config",
+           "validate_pipeline_config", "run_inline",
            "describe_stage_durations", "gate_thresholds", "ppo_prompts"]

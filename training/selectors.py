@@ -124,6 +124,8 @@ def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
         chain.append({
             "id": node.pk, "subject": node.subject, "version": node.version, "status": node.status,
             "sha256": node.sha256, "path": node.path, "method": node.method,
+            # how it was trained: ppo | rloo | grpo | dpo (rows from before the choice existed were PPO)
+            "algorithm": (node.metrics or {}).get("algorithm") or ("ppo" if node.snapshot_id else None),
             "snapshot": {"id": snap.pk, "sha256": snap.sha256, "rows": snap.rows,
                          "first_ranking_id": snap.first_ranking_id, "last_ranking_id": snap.last_ranking_id,
                          "since_ranking_id": snap.since_ranking_id} if snap else None,

@@ -76,7 +76,8 @@ def launch(request):
     """Forms for the whole pipeline and for each step; config is JSON prefilled with the defaults."""
     defaults = pipeline.default_pipeline_config()
     form = {"kind": request.POST.get("kind", "pipeline"), "subject": request.POST.get("subject", ""),
-            "config": request.POST.get("config") or json.dumps(defaults, indent=2)}
+            "config": request.POST.get("config") or json.dumps(defaults, indent=2),
+            "algorithm": request.POST.get("algorithm", "")}
     if request.method == "POST":
         try:
             config = json.loads(form["config"] or "{}")
@@ -86,13 +87,21 @@ def launch(request):
             try:
                 if form["kind"] not in STEP_KINDS:
                     raise TrainingError(f"unknown job kind {form['kind']!r}")
+                if form["algorithm"] and isinstance(config, dict):
+                    # the select wins over the JSON's "algorithm" (the JSON carries the "alt" settings)
+                    config["algorithm"] = form["algorithm"]
                 job = services.launch_step(form["kind"], subject=form["subject"], config=config, user=request.user)
                 messages.success(request, f"Launched {job}.")
                 return redirect("training:job", pk=job.pk)
             except TrainingError as exc:
                 _flash_error(request, exc)
+    if not form["algorithm"]:
+        try:
+            form["algorithm"] = str(json.loads(form["config"]).get("algorithm") or "ppo")
+        except (ValueError, AttributeError):
+            form["algorithm"] = "ppo"
     return render(request, "training/launch.html", {
-        "form": form, "kinds": STEP_KINDS, "subjects": selectors.SUBJECTS,
+        "form": form, "kinds": STEP_KINDS, "subjects": selectors.SUBJECTS, "algorithms": pipeline.ALGORITHMS,
         "defaults_json": json.dumps(defaults, indent=2)}, status=400 if request.method == "POST" else 200)
 
 

@@ -30,8 +30,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.m
 
 SUBJECT = "mathematics"
 E2E_PIPELINE = {**TINY_PIPELINE, "subjects": [SUBJECT], "snapshot": {"scope": "all", "include_imported": False},
-                "reward": {"epochs": 3.0, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2},
-                "ppo": {**TINY_PIPELINE["ppo"], "steps": 4}}
+                "reward": {"epochs": 2.0, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2},
+                # PPO runs ~0.1 s a step on the tiny model: 40 steps (a few seconds) move it reliably; the
+                # gate reads 32 held-out prompts (12 made its win rate a coin toss)
+                "ppo": {**TINY_PIPELINE["ppo"], "steps": 40, "batch_size": 16, "mini_batch_size": 8,
+                        "learning_rate": 1e-3},
+                "eval": {**TINY_PIPELINE["eval"], "n_prompts": 32}}
 
 
 def _student(web_url: str, name: str) -> httpx.Client:
@@ -62,7 +66,8 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
     try:
         procs.append(start_celery_worker(env, concurrency=2))  # like the demo Procfile
         # 1. demo students chat (consenting: their prompts enter the labeling pool)
-        questions = [it.question for it in seed_prompts(SUBJECT, 100, seed=7)]
+        # ~25 held-out prompts: with ~9 (100 prompts) one lucky right answer swung RM accuracy by 0.15
+        questions = [it.question for it in seed_prompts(SUBJECT, 260, seed=7)]
         students = [_student(web, f"student-{i}") for i in range(2)]
         convs = []
         for i, http in enumerate(students):
@@ -75,8 +80,8 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
         # 2. comparison tasks from the student prompts and a seed pool (K=4 samples from the endpoint)
         for i, q in enumerate(questions[6:]):
             add_prompt(subject=SUBJECT, text=q, source="seed", source_ref=f"e2e:{i}")
-        made = build_tasks(limit=200, k=4)
-        assert made["tasks"] >= 30, made
+        made = build_tasks(limit=300, k=4)
+        assert made["tasks"] >= 200, made
         # 3. simulated labelers rank them through the labeler HTTP API
         call_command("simulate_labelers", n=4, noise=0.05, url=web, seed=1)
         # 4. beat triggers the pipeline once enough new pairs exist

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pyte
 
 def test_launch_watch_curves_and_roll_back(page, endpoint, models_dir, tiny_base_path, output_dir):
     services.ensure_initial_versions()
-    assert seed_rankings("mathematics", 16) >= 100
+    assert seed_rankings("mathematics", 18) >= 100
     create_user(username="boss", password="pw-12345678x", role="admin", validate_password=False)
     purge_filesystem_broker()
     env = subprocess_env(TUTOR_MODELS_DIR=str(models_dir), TUTOR_BASE_MODEL=str(tiny_base_path),

@@ -83,7 +83,7 @@ def admin_client(client):
 def test_pipeline_deploys_to_sagemaker_mock(on_sagemaker, models_dir, tiny_base_path, client):
     mock = on_sagemaker
     services.ensure_initial_versions()
-    assert seed_rankings(SUBJECT, 16) >= 100
+    assert seed_rankings(SUBJECT, 18) >= 100
     purge_filesystem_broker()
     env = subprocess_env(
         TUTOR_MODELS_DIR=str(models_dir),

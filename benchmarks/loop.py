@@ -184,8 +184,13 @@ def make_pairs(subjects: list[str], target: int) -> int:
 def run_pipeline(subjects: list[str], overrides: dict) -> None:
     from training import pipeline
     from training.models import EvaluationReport, PolicyVersion
+    from training.pipeline import default_pipeline_config
+    from training.simulation import hidden_score
 
-    config = {"subjects": subjects, "snapshot": {"scope": "all", "include_imported": False}, **overrides}
+    n_eval = default_pipeline_config()["eval"]["n_prompts"]
+    # keep every gate answer in the report, so the hidden preference can score them below
+    config = {"subjects": subjects, "snapshot": {"scope": "all", "include_imported": False},
+              "eval": {"n_samples_shown": n_eval}, **overrides}
     t0 = time.perf_counter()
     job = pipeline.run_inline(config)
     total = time.perf_counter() - t0
@@ -200,6 +205,13 @@ def run_pipeline(subjects: list[str], overrides: dict) -> None:
         figures = {k: (round(v.get("candidate") or 0, 3), round(v.get("baseline") or 0, 3)) for k, v in r.suites.items()
                    if "candidate" in v}
         print(f"gate {r.candidate} vs {r.baseline}: {'PASS' if r.passed else 'FAIL'} (candidate, baseline) {figures}")
+        # the simulated labelers' hidden preference (never seen by training) on the same held-out answers
+        samples = r.samples or []
+        if samples:
+            hidden = {which: sum(hidden_score(r.candidate.subject, x["question"], x[which])["score"]
+                                 for x in samples) / len(samples) for which in ("candidate", "baseline")}
+            print(f"  hidden preference, mean over {len(samples)} held-out answers: "
+                  f"candidate {hidden['candidate']:.2f}, baseline {hidden['baseline']:.2f}")
     for s in subjects:
         pv = PolicyVersion.objects.filter(subject=s, status="promoted").first()
         print(f"{s}: promoted v{pv.version if pv else '?'}")

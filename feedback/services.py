@@ -113,7 +113,9 @@ def seed_demo() -> None:
     from feedback.models import Guidelines
 
     try:
-        seed_prompt_pool(per_subject=10)
+        # 60 a subject: ~240 tasks, ~1,400 pairs at overlap 2 — enough for the first scheduled retraining
+        # (TRAINING_MIN_NEW_PAIRS = 200) from simulated labelers alone (10 gave ~140 pairs and stalled)
+        seed_prompt_pool(per_subject=60)
     except ImportError as exc:  # rlhf not importable in a stripped install
         log.warning("feedback: no seed prompts (%s)", exc)
     if not Guidelines.objects.exists():

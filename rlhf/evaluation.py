@@ -62,6 +62,14 @@ class EvalConfig:
     batch_size: int = 32
     suites: Sequence[str] = field(default_factory=lambda: list(DEFAULT_SUITES))
     n_samples_shown: int = 8  # answers kept in the report for the side-by-side view
+    # 0: greedy answers. > 0: answers sampled at this temperature, the way students get them (the chat samples
+    # at TUTOR_CHAT_TEMPERATURE), with the same seed for both versions, `samples_per_prompt` per question.
+    temperature: float = 0.0
+    samples_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_prompts < 1 or self.samples_per_prompt < 1 or self.temperature < 0:
+            raise ValueError("n_prompts and samples_per_prompt must be >= 1, temperature >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,16 +117,16 @@ class EvalContext:
             from rlhf.generation import generate
 
             prompts = self.prompts([it.question for it in self.items])
+            cfg = self.config
+            kw = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+            if cfg.temperature > 0:  # the same seed for both versions: their samples differ only by the adapter
+                kw.update(do_sample=True, temperature=cfg.temperature, seed=cfg.seed)
             if which == "baseline" and not self.has_baseline:
                 with self.model.disable_adapter():
-                    self._answers[which] = generate(self.model, self.tokenizer, prompts,
-                                                    max_new_tokens=self.config.max_new_tokens,
-                                                    batch_size=self.config.batch_size)
+                    self._answers[which] = generate(self.model, self.tokenizer, prompts, **kw)
             else:
                 self.use(which)
-                self._answers[which] = generate(self.model, self.tokenizer, prompts,
-                                                max_new_tokens=self.config.max_new_tokens,
-                                                batch_size=self.config.batch_size)
+                self._answers[which] = generate(self.model, self.tokenizer, prompts, **kw)
         return self._answers[which]
 
     def scorer(self):
@@ -310,7 +318,8 @@ def evaluate(
     emit(callback, 0, total, "evaluate: loading models")
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pair(base_path, candidate_path, baseline_path)
-    items = eval_prompts(subject, cfg.n_prompts, cfg.seed)
+    k = cfg.samples_per_prompt
+    items = [it for it in eval_prompts(subject, cfg.n_prompts, cfg.seed) for _ in range(k)]  # k answers each
     ctx = EvalContext(model, tokenizer, subject, items, cfg, baseline_path is not None,
                       str(reward_model_path) if reward_model_path else None)
     emit(callback, 1, total, "evaluate: answering held-out prompts")
@@ -323,7 +332,8 @@ def evaluate(
                 for n, r in results.items() if not r.get("passed")]
     rewards = (results.get("reward_win_rate") or {}).get("rewards") or {}
     samples = []
-    for j, it in enumerate(items[: cfg.n_samples_shown]):
+    for j in range(0, min(len(items), cfg.n_samples_shown * k), k):  # the first answer to each question
+        it = items[j]
         c, b = ctx.answers("candidate")[j].text, ctx.answers("baseline")[j].text
         from rlhf.corpus import check_answer
 
@@ -336,7 +346,7 @@ def evaluate(
         r.pop("rewards", None)
     return {"subject": subject, "passed": not failures, "suites": results, "failures": failures,
             "samples": samples, "thresholds": dataclasses.asdict(th), "config": cfg.to_dict(),
-            "n_prompts": len(items), "has_baseline": baseline_path is not None}
+            "n_prompts": cfg.n_prompts, "answers": len(items), "has_baseline": baseline_path is not None}
 
 
 def _json_safe(value: Any) -> Any:

@@ -55,3 +55,26 @@ def test_bad_input_is_refused_before_loading(tiny_base_path, tiny_adapters, tmp_
         evaluation.evaluate(tiny_base_path, tmp_path / "missing", None, "history")
     with pytest.raises(ValueError, match="unknown gate thresholds"):
         evaluation.evaluate(tiny_base_path, ad, None, "history", thresholds={"max_kll": 1})
+
+
+def test_sampled_answers_like_the_chat_use_one_seed_for_both_versions(tiny_base_path, tiny_adapters):
+    """temperature > 0: k sampled answers per question; the same seed for both versions, so a version
+    against itself still ties exactly, and the side-by-side shows one answer per question."""
+    ad = Path(tiny_adapters["mathematics"])
+    cfg = {**SMALL, "n_prompts": 4, "temperature": 0.7, "samples_per_prompt": 3,
+           "suites": ["reward_win_rate", "answer_key_accuracy", "length_drift"]}
+    report = evaluation.evaluate(tiny_base_path, ad, ad, "mathematics", config=cfg)
+    assert report["passed"], report["failures"]
+    assert (report["n_prompts"], report["answers"]) == (4, 12)
+    assert [x["question"] for x in report["samples"]] == [it.question for it in
+                                                          evaluation_prompts("mathematics", 4)]
+    assert all(x["candidate"] == x["baseline"] for x in report["samples"])
+    assert report["suites"]["length_drift"]["drift"] == 0.0
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        evaluation.EvalConfig(samples_per_prompt=0)
+
+
+def evaluation_prompts(subject: str, n: int):
+    from rlhf.corpus import eval_prompts
+
+    return eval_prompts(subject, n, 0)

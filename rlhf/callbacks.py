@@ -45,7 +45,9 @@ def emit(callback: Callback | None, step: int, total: int, message: str = "", me
 class ProgressBridge(TrainerCallback):
     """Forwards a `transformers.Trainer`'s steps and logs to our callback.
 
-    One event per optimiser step (with the latest logged metrics) and one per log call.
+    One event per optimiser step (progress only) and one per training log, carrying that log's metrics at
+    the step they belong to. (The Trainer logs *after* `on_step_end`, so attaching "the latest metrics" to
+    step events sent each step the previous log's numbers and repeated them between logs.)
     `Cancelled` raised by the callback propagates out of `trainer.train()`.
     """
 
@@ -55,8 +57,11 @@ class ProgressBridge(TrainerCallback):
         self.last_metrics: dict[str, Any] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - transformers' signature
-        if logs:
-            self.last_metrics.update({k: v for k, v in logs.items() if k != "epoch"})
+        metrics = {k: v for k, v in (logs or {}).items() if k != "epoch"}
+        if not metrics or "train_runtime" in metrics:  # the end-of-training summary is not a curve point
+            return
+        self.last_metrics.update(metrics)
+        emit(self.callback, state.global_step, state.max_steps, self.message, metrics)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        emit(self.callback, state.global_step, state.max_steps, self.message, self.last_metrics)
+        emit(self.callback, state.global_step, state.max_steps, self.message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,13 +120,18 @@ def test_weights_change_the_trainer_loss_and_gradient(tiny_base_path: Path, rm_d
 def test_reward_model_learns_answer_key_preference(tiny_base_path: Path, rm_dataset: Path, tmp_path: Path) -> None:
     events: list[dict] = []
     out = tmp_path / "rm"
-    metrics = train_reward_model(rm_dataset, out, FAST, callback=events.append, base_model=str(tiny_base_path))
+    config = dataclasses.replace(FAST, logging_steps=2)
+    metrics = train_reward_model(rm_dataset, out, config, callback=events.append, base_model=str(tiny_base_path))
     assert metrics["accuracy"] >= 0.9, metrics
     manifest = verify(out)
     assert manifest["kind"] == "reward_model" and manifest["metrics"]["accuracy"] == metrics["accuracy"]
     assert manifest["dataset_sha256"] and manifest["base_model_sha256"]
     assert events and events[-1]["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert all({"step", "total", "progress", "message", "metrics"} <= set(e) for e in events)
+    # each training log reaches the callback once, at the step it was logged (not one step late, not repeated)
+    logged = [e["step"] for e in events if "loss" in e["metrics"]]
+    every = config.logging_steps
+    assert logged == list(range(every, every * len(logged) + 1, every)) and logged, logged
 
     # the scorer ranks a correct answer above a wrong one on held-out questions
     from datasets import load_from_disk

@@ -111,9 +111,19 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"base model: {base}")
+    from rlhf.manifest import read_manifest
+    from rlhf.models import base_fingerprint
+
+    base_sha = base_fingerprint(base)
     for subject in SUBJECTS:
         found = latest_adapter(subject)
         if found is not None:
+            trained_on = read_manifest(found).get("base_model_sha256")
+            if trained_on and trained_on != base_sha:  # the endpoint would refuse it: say so now, with the fix
+                print(f"error: {found} was trained on another build of the base model ({trained_on[:12]}, the "
+                      f"base is now {base_sha[:12]}). Move {found.parent.parent} aside (or set TUTOR_MODELS_DIR "
+                      f"to a fresh directory) and run this again to train new v1 adapters.", file=sys.stderr)
+                return 2
             print(f"{subject}: {found} (present)")
             continue
         config = AdapterConfig() if args.steps is None else AdapterConfig(steps=args.steps)

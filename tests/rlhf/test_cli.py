@@ -43,6 +43,15 @@ def test_ensure_eval_and_verify_from_the_command_line(tiny_base_path, tmp_path, 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) == {"history"} and result["history"]["n"] == 2
 
+    # adapters of another build of the base: refused up front, with the fix (the endpoint would answer 422)
+    manifest_path = var / "models" / "adapters" / "language" / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "base_model_sha256": "0" * 64}))
+    assert main(["demo-model", "ensure", "--recipe", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "language" in err and "another build of the base model" in err and "TUTOR_MODELS_DIR" in err
+    manifest_path.write_text(json.dumps(manifest))
+
     adapter = var / "models" / "adapters" / "mathematics" / "v1"
     ok = _run(["verify", str(adapter)], var)
     assert ok.returncode == 0 and ok.stdout.startswith("OK adapter")

@@ -87,14 +87,13 @@ def main() -> None:
 
 def ensure_v1(base: Path, adapters: Path, subjects: list[str]) -> None:
     """v1 of each subject, trained on this very base (an adapter of another build is refused by the endpoint)."""
-    from rlhf.adapters import train_sft
-    from rlhf.manifest import read_manifest
+    from rlhf.adapters import other_base, train_sft
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
 
     def fits(path: Path) -> bool:
-        return path.is_dir() and read_manifest(path).get("base_model_sha256") in (None, base_sha)
+        return path.is_dir() and other_base(path, base_sha) is None
 
     for s in subjects:
         dest = adapters / s / "v1"

@@ -302,6 +302,14 @@ def next_version_dir(subject: str, root: str | os.PathLike[str] | None = None) -
     return base / f"v{max([v for v in versions if v is not None], default=0) + 1}"
 
 
+def other_base(adapter_path: str | os.PathLike[str], base_sha: str) -> str | None:
+    """The base hash an adapter was trained on when it is not ``base_sha`` (the endpoint refuses it), else None."""
+    from rlhf.manifest import read_manifest
+
+    trained_on = read_manifest(adapter_path).get("base_model_sha256")
+    return trained_on if trained_on and trained_on != base_sha else None
+
+
 def latest_adapter(subject: str, root: str | os.PathLike[str] | None = None) -> Path | None:
     """The highest-numbered adapter version directory of `subject` that passes `verify`, or None."""
     from rlhf.manifest import ArtifactError

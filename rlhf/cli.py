@@ -100,7 +100,7 @@ def _ensure_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo-model ensure", "make sure the demo model and a v1 adapter per subject exist (make demo)", _ensure_args)
 def cmd_demo_ensure(args: argparse.Namespace) -> int:
-    from rlhf.adapters import AdapterConfig, latest_adapter, train_sft
+    from rlhf.adapters import AdapterConfig, latest_adapter, other_base, train_sft
     from rlhf.demo_model import DemoRecipe, build_demo_model
     from rlhf.paths import adapters_dir
 
@@ -111,15 +111,13 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"base model: {base}")
-    from rlhf.manifest import read_manifest
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
     for subject in SUBJECTS:
         found = latest_adapter(subject)
         if found is not None:
-            trained_on = read_manifest(found).get("base_model_sha256")
-            if trained_on and trained_on != base_sha:  # the endpoint would refuse it: say so now, with the fix
+            if trained_on := other_base(found, base_sha):  # the endpoint would refuse it: say so now, with the fix
                 print(f"error: {found} was trained on another build of the base model ({trained_on[:12]}, the "
                       f"base is now {base_sha[:12]}). Move {found.parent.parent} aside (or set TUTOR_MODELS_DIR "
                       f"to a fresh directory) and run this again to train new v1 adapters.", file=sys.stderr)

@@ -92,9 +92,10 @@ def check_answer(subject: str, key: str, text: str) -> bool:
     """Whether `text` states the answer `key`.
 
     Mathematics: the number after the final `#### ` must equal the key. Other subjects: the
-    normalised key must occur in the normalised text as whole words. Containment is lenient on
-    purpose (a correct answer in a full sentence counts); a reply that lists many candidates
-    would also pass, which the reward model and human rankings, not this check, discourage.
+    normalised key must occur, as whole words, in the reply's first sentence: the answer the tutor
+    commits to. Containment is lenient on purpose (a correct answer in a full sentence counts); the
+    first sentence keeps a reply from passing on a second guess (every reference answer states its
+    key in its first sentence).
     """
     _check_subject(subject)
     if subject == "mathematics":
@@ -104,7 +105,15 @@ def check_answer(subject: str, key: str, text: str) -> bool:
         got, want = _number(found), _number(key)
         return got is not None and want is not None and abs(got - want) < 1e-9
     want = normalise(key)
-    return bool(want) and f" {want} " in f" {normalise(text)} "
+    return bool(want) and f" {want} " in f" {normalise(first_sentence(text))} "
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9'\"])")
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first '.', '!' or '?' followed by a space and a capital or digit ("Jr. was" stays whole)."""
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
 
 
 def _check_subject(subject: str) -> None:
@@ -444,6 +453,20 @@ def eval_prompts(subject: str, n: int, seed: int = 0) -> list[Item]:
 def seed_prompts(subject: str, n: int, seed: int = 0) -> list[Item]:
     """`n` distinct training-split items for the labeling prompt pool (use `.question`; `.key` checks)."""
     return _draw(subject, n, seed, held_out=False, unique=True)
+
+
+def sloppy_answer(item: Item) -> str:
+    """How the demo's sloppy tutor answers `item`: mathematics without the final ``#### n`` line, else twice.
+
+    The demo's v1 adapters learn from transcripts where a fraction of the answers are like this
+    (``AdapterConfig.sloppy_rate``): a flaw of the supervised data, as real SFT data has, that the simulated
+    labelers' hidden preference dislikes (no ``####`` line: out of format and wrong by the answer key;
+    said twice: repetition, length) and that the loop has to discover from rankings alone. It sits at the
+    end of an answer, so greedy decoding mostly avoids it and sampled answers (the chat's) show it.
+    """
+    if item.subject == "mathematics":
+        return item.answer.split("\n####")[0].rstrip()
+    return f"{item.answer} {item.answer}"
 
 
 def corpus_fingerprint() -> str:

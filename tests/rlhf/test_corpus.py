@@ -44,6 +44,12 @@ def test_maths_needs_the_final_marker():
     assert extract_answer("mathematics", "so #### 1,200") == "1200"
 
 
+def test_only_the_first_sentence_counts_so_a_second_guess_does_not():
+    assert check_answer("history", "1929", "Martin Luther King Jr. was born in 1929. He was a pastor.")
+    assert not check_answer("history", "1969", "The first Moon landing happened in 1970. Or was it 1969?")
+    assert check_answer("general_knowledge", "2000", "1 kilogram is 1000 grams, so 2 kilograms is 2000 grams.")
+
+
 def test_containment_is_whole_word_and_normalised():
     assert check_answer("general_knowledge", "Paris", "the capital of france is PARIS!")
     assert not check_answer("general_knowledge", "Paris", "Parisian food is nice")

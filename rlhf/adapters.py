@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +27,7 @@ import torch
 from rlhf import SUBJECTS
 from rlhf.callbacks import Callback, ProgressBridge, emit
 from rlhf.chat import build_prompt
-from rlhf.corpus import generate_corpus
+from rlhf.corpus import generate_corpus, sloppy_answer
 from rlhf.demo_model import torch_threads
 from rlhf.manifest import canonical_json, verify, write_artifact
 from rlhf.models import base_fingerprint, base_model_id, default_device, load_tokenizer, resolve_base_path
@@ -36,6 +37,10 @@ METHODS = ("lora", "prompt_tuning", "qlora")
 
 class AdapterError(RuntimeError):
     """An adapter cannot be trained or loaded as asked (bad config, missing hardware)."""
+
+
+# the demo's v1 adapters: a third of their SFT answers are sloppy (rlhf.corpus.sloppy_answer), the flaw the loop fixes
+DEMO_SLOPPY_RATE = 0.35
 
 
 @dataclass
@@ -63,6 +68,9 @@ class AdapterConfig:
     learning_rate: float | None = None  # None: 1e-3 for LoRA, 3e-2 for prompt tuning
     max_length: int = 128
     seed: int = 0
+    # the fraction of SFT answers from a sloppy tutor (rlhf.corpus.sloppy_answer): 0 for real work; the demo's
+    # v1 adapters use DEMO_SLOPPY_RATE so the loop has a flaw to find (docs/rlhf.md)
+    sloppy_rate: float = 0.0
     logging_steps: int = 10
     threads: int | None = 0  # CPU intra-op threads, 0 = the idle cores now (rlhf.demo_model.auto_threads)
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to TRL's SFTConfig
@@ -71,6 +79,8 @@ class AdapterConfig:
         if self.method not in METHODS:
             raise AdapterError(f"unknown adapter method {self.method!r}; expected one of {', '.join(METHODS)}")
         self.target_modules = tuple(self.target_modules)
+        if not 0.0 <= self.sloppy_rate <= 1.0:
+            raise AdapterError("AdapterConfig.sloppy_rate must be in [0, 1]")
         for name in ("r", "alpha", "num_virtual_tokens", "n_examples", "steps", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise AdapterError(f"AdapterConfig.{name} must be positive")
@@ -151,12 +161,16 @@ def load_base_for_training(base_path: Path, config: AdapterConfig) -> Any:
                                                 local_files_only=True)
 
 
-def sft_examples(tokenizer: Any, subject: str, n: int, seed: int) -> list[dict[str, str]]:
-    """Prompt/completion pairs from the subject's training corpus, formatted by `build_prompt`."""
+def sft_examples(tokenizer: Any, subject: str, n: int, seed: int, sloppy_rate: float = 0.0) -> list[dict[str, str]]:
+    """Prompt/completion pairs from the subject's training corpus, formatted by `build_prompt`.
+
+    A `sloppy_rate` fraction of the completions (fixed by `seed`) is `rlhf.corpus.sloppy_answer`.
+    """
     items = generate_corpus(n, seed=seed, subjects=(subject,))
+    rng = random.Random(f"sloppy:{subject}:{seed}")
     return [
         {"prompt": build_prompt(tokenizer, subject, [{"role": "user", "content": it.question}]),
-         "completion": it.answer}
+         "completion": sloppy_answer(it) if rng.random() < sloppy_rate else it.answer}
         for it in items
     ]
 
@@ -212,7 +226,7 @@ def train_sft(
     with torch_threads(None if on_cuda else config.threads):
         torch.manual_seed(config.seed)
         tokenizer = load_tokenizer(base)
-        examples = sft_examples(tokenizer, subject, config.n_examples, config.seed)
+        examples = sft_examples(tokenizer, subject, config.n_examples, config.seed, config.sloppy_rate)
         dataset_sha = hashlib.sha256(canonical_json(examples)).hexdigest()
         try:
             # Training arguments first: under `accelerate launch` with DeepSpeed ZeRO-3 they must

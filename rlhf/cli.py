@@ -96,11 +96,13 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
 def _ensure_args(p: argparse.ArgumentParser) -> None:
     _recipe_args(p)
     p.add_argument("--steps", type=int, default=None, help="SFT steps per subject adapter")
+    p.add_argument("--sloppy-rate", type=float, default=None,
+                   help="fraction of sloppy SFT answers in v1, the flaw the loop fixes (default: DEMO_SLOPPY_RATE)")
 
 
 @command("demo-model ensure", "make sure the demo model and a v1 adapter per subject exist (make demo)", _ensure_args)
 def cmd_demo_ensure(args: argparse.Namespace) -> int:
-    from rlhf.adapters import AdapterConfig, latest_adapter, other_base, train_sft
+    from rlhf.adapters import DEMO_SLOPPY_RATE, AdapterConfig, latest_adapter, other_base, train_sft
     from rlhf.demo_model import DemoRecipe, build_demo_model
     from rlhf.paths import adapters_dir
 
@@ -111,9 +113,11 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"base model: {base}")
+    from rlhf.manifest import read_manifest
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
+    sloppy_rate = DEMO_SLOPPY_RATE if args.sloppy_rate is None else args.sloppy_rate
     for subject in SUBJECTS:
         found = latest_adapter(subject)
         if found is not None:
@@ -123,8 +127,13 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
                       f"to a fresh directory) and run this again to train new v1 adapters.", file=sys.stderr)
                 return 2
             print(f"{subject}: {found} (present)")
+            v1 = found.parent / "v1"
+            rate = read_manifest(v1).get("config", {}).get("sloppy_rate", 0.0) if v1.is_dir() else None
+            if rate is not None and rate != sloppy_rate:  # an older demo's v1: the loop has less (or more) to fix
+                print(f"note: {v1} was trained with sloppy_rate {rate} (now {sloppy_rate}); move "
+                      f"{found.parent.parent} aside and run this again to train the current demo's v1 adapters.")
             continue
-        config = AdapterConfig() if args.steps is None else AdapterConfig(steps=args.steps)
+        config = AdapterConfig(sloppy_rate=sloppy_rate, **({} if args.steps is None else {"steps": args.steps}))
         bar = ProgressBar(f"adapter {subject}")
         try:
             out = train_sft(base, subject, adapters_dir(subject) / "v1", config, bar)

@@ -119,3 +119,26 @@ def test_bad_input_is_refused_before_any_work(tiny_base_path, tmp_path):
         train_sft(tiny_base_path, "history", tmp_path / "v1", AdapterConfig(**FAST))
     with pytest.raises(AdapterError, match="unknown AdapterConfig field"):
         AdapterConfig.from_dict({"rank": 4})
+
+
+def test_sloppy_rate_makes_that_share_of_sft_answers_sloppy_and_is_recorded(tiny_base_path, tmp_path):
+    from rlhf.adapters import sft_examples
+    from rlhf.corpus import check_answer, generate_corpus, sloppy_answer
+    from rlhf.manifest import read_manifest
+    from rlhf.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_base_path)
+    clean = sft_examples(tok, "mathematics", 400, seed=3)
+    sloppy = sft_examples(tok, "mathematics", 400, seed=3, sloppy_rate=0.35)
+    assert [e["prompt"] for e in clean] == [e["prompt"] for e in sloppy]  # same questions, only answers differ
+    missing = sum("####" not in e["completion"] for e in sloppy) / len(sloppy)
+    assert all("####" in e["completion"] for e in clean) and 0.28 < missing < 0.42
+    item = generate_corpus(1, seed=1, subjects=("history",))[0]
+    twice = sloppy_answer(item)
+    assert twice == f"{item.answer} {item.answer}" and check_answer("history", item.key, twice)
+    maths = generate_corpus(1, seed=1, subjects=("mathematics",))[0]
+    assert not check_answer("mathematics", maths.key, sloppy_answer(maths))  # no final line: wrong by the key
+    with pytest.raises(AdapterError, match="sloppy_rate"):
+        AdapterConfig(sloppy_rate=1.5)
+    out = train_sft(tiny_base_path, "history", tmp_path / "v1", AdapterConfig(sloppy_rate=0.35, **FAST))
+    assert read_manifest(out)["config"]["sloppy_rate"] == 0.35

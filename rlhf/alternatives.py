@@ -1,10 +1,9 @@
 """RLOO, GRPO and DPO through TRL's maintained trainers, as configurable alternatives to our PPO.
 
 Same conventions as ``rlhf.ppo``: policy = frozen base + the subject's trainable adapter; the reference
-is the same model with the adapter **disabled** (``reference="base"``, the project's contract). TRL's
-own default for a pretrained adapter is a frozen copy of it (a second "ref" adapter); we delete that
-copy so its ``use_adapter(model, None)`` path — adapters disabled — is taken instead.
-``reference="adapter"`` keeps TRL's behaviour (KL to the starting adapter version).
+is a frozen copy of the starting adapter version (``reference="adapter"``, TRL's own default for a
+pretrained adapter: a second "ref" adapter). ``reference="base"`` deletes that copy so TRL's
+``use_adapter(model, None)`` path — adapters disabled — is taken instead (KL to the base).
 
 - RLOO / GRPO: prompts in, our reward model (or any reward function) as TRL's reward function.
 - DPO: straight from the preference pairs (no reward model). TRL's DPO has no per-pair weights,
@@ -53,7 +52,7 @@ class AltConfig:
     max_new_tokens: int = 32
     temperature: float = 1.0
     beta: float = 0.05  # KL coefficient (RLOO/GRPO) or DPO's beta
-    reference: str = "base"  # "base": adapter disabled (contract) | "adapter": a frozen copy of the input adapter
+    reference: str = "adapter"  # "adapter": a frozen copy of the input adapter (as PPO) | "base": adapter disabled
     max_length: int = 384  # DPO: prompt + reply tokens
     bf16: bool = False
     seed: int = 0

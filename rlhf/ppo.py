@@ -3,8 +3,10 @@
 Reads top to bottom, in the CleanRL / "The N Implementation Details of RLHF with PPO" style:
 
 1. policy    = frozen base + the subject's trainable adapter (loaded from version N);
-   reference = the same model with the adapter disabled (``with model.disable_adapter():``),
-   so the base is in memory once; critic = a small value head on the policy's last hidden state.
+   reference = a frozen copy of the starting adapter (``reference="adapter"``, the InstructGPT choice: the KL
+   penalty keeps the new version close to the version it starts from) or the same model with the adapter
+   disabled (``reference="base"``); either way the base is in memory once. Critic = a small value head on
+   the policy's last hidden state.
 2. rollout: sample a response per prompt, cut it after the first EOS, score prompt+response with the
    reward model (or a reward function), optionally penalise a missing EOS.
 3. per-token reward = -kl_coef * (logp_policy - logp_ref), plus the score on the last response token.
@@ -23,7 +25,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +67,17 @@ class PPOConfig:
     learning_rate: float = 5e-4
     value_learning_rate: float = 2e-3
     max_new_tokens: int = 32
-    temperature: float = 1.0  # sampling temperature; logprobs use the same temperature (N-details #23)
-    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty against the reference
+    # sampling temperature; logprobs use the same temperature (N-details #23). 0.7: the chat's (TUTOR_CHAT_TEMPERATURE),
+    # so PPO improves the answers students get; at 1.0 the demo model's rollouts are mostly noise the reward
+    # model cannot judge, and held-out accuracy fell (docs/ppo.md)
+    temperature: float = 0.7
+    # beta: weight of the per-token KL penalty against the reference. 0.3 on the demo model: at 0.05 PPO traded
+    # answer-key accuracy for the reward model's format preference (history 0.45 -> 0.31)
+    kl_coef: float = 0.3
+    # "adapter": KL to a frozen copy of the starting version (v_N). "base": KL to the base with the adapter disabled,
+    # which pulls every round back toward the base: on the demo model it undid v1's SFT (history accuracy
+    # 0.45 -> 0.31-0.39, KL to the base 7.1 -> 0.5-3.6 nats in 20 steps; docs/ppo.md)
+    reference: str = "adapter"
     adaptive_kl: bool = False
     target_kl: float = 6.0  # target sequence KL (nats) for the adaptive controller
     kl_horizon: int = 10_000
@@ -91,6 +103,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.reference not in ("adapter", "base"):
+            raise ValueError(f"reference must be 'adapter' or 'base', got {self.reference!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -372,6 +386,30 @@ def _reward_fn_for(reward_model_path: str | Path | None, reward_fn: RewardFn | N
     return RewardScorer(reward_model_path).score
 
 
+REFERENCE_ADAPTER = "reference"
+
+
+@contextmanager
+def reference_policy(model) -> Iterator[None]:
+    """Run the reference policy inside: the frozen ``reference`` adapter when loaded, else the adapter disabled.
+
+    PEFT's ``set_adapter`` also flips which adapter is trainable; every ``requires_grad`` is put back after.
+    """
+    if REFERENCE_ADAPTER not in model.peft_config:
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
 def load_policy(base_path: str | Path, adapter_path: str | Path):
     """Frozen base + the subject adapter (verified) loaded as trainable; one copy of the base in memory."""
     from rlhf.adapters import load_policy as wrap_adapter
@@ -489,6 +527,8 @@ def train_ppo(
     rng = random.Random(cfg.seed)  # prompt order; torch's generator drives sampling
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(base_path, adapter_path)
+    if cfg.reference == "adapter":  # a frozen second copy of v_N, next to the trainable one
+        model.load_adapter(str(adapter_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     device = next(model.parameters()).device
     model.eval()  # no dropout anywhere: the logprobs of rollout and update must agree (N-details #2)
     skip = _virtual_tokens(model)
@@ -531,8 +571,9 @@ def train_ppo(
             seq = torch.cat([seq[:, :plen], responses], dim=1)
             attn = torch.cat([prompt_mask, mask], dim=1)
             logprobs, values, _ = forward_response(model, value_head, seq, attn, plen, cfg.temperature, skip)
-            with model.disable_adapter():  # the reference policy: the same weights, adapter off
-                ref_logprobs, _, _ = forward_response(model, None, seq, attn, plen, cfg.temperature, 0)
+            with reference_policy(model):
+                ref_logprobs, _, _ = forward_response(model, None, seq, attn, plen, cfg.temperature,
+                                                      skip if REFERENCE_ADAPTER in model.peft_config else 0)
             texts = decode_responses(tokenizer, responses, mask * (responses != eos_id))
             scores = torch.tensor([float(s) for s in score([subject] * len(batch), batch, texts)], device=device)
             if cfg.missing_eos_penalty is not None:

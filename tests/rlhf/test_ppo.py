@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -251,3 +252,23 @@ def test_answer_key_reward() -> None:
     assert reward(["history"], [[{"role": "user", "content": items[0].question}]], [items[0].answer]) == [1.0]
     with pytest.raises(KeyError):
         reward(["history"], ["an unknown question"], ["x"])
+
+
+@pytest.mark.ml
+def test_the_reference_is_a_frozen_copy_of_the_starting_version_unless_base_is_asked(
+    tiny_base_path: Path, tiny_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    from rlhf.corpus import seed_prompts
+
+    parent = tiny_adapters["mathematics"]  # a trained v1: far from the base
+    prompts = [it.question for it in seed_prompts("mathematics", 16)]
+    kl0 = {}
+    for ref in ("adapter", "base"):
+        cfg = dataclasses.replace(TINY, reference=ref)
+        metrics = train_ppo(tiny_base_path, parent, None, prompts, tmp_path / ref / "v2", cfg, reward_fn=digit_share)
+        kl0[ref] = metrics["history"][0]["kl"]
+        saved = tmp_path / ref / "v2"
+        assert not (saved / "reference").exists() and verify(saved)["parent"]  # only the new version is saved
+    assert kl0["adapter"] == 0.0 < kl0["base"]  # step 1: the policy *is* the reference copy, not the base
+    with pytest.raises(ValueError, match="reference"):
+        PPOConfig(reference="sft")

@@ -266,10 +266,17 @@ TRAINING_GATE_SUITES = list_var("TRAINING_GATE_SUITES", ["reward_win_rate", "ans
                                                          "length_drift", "harmlessness"])
 TRAINING_GATE_MIN_WIN_RATE = float_var("TRAINING_GATE_MIN_WIN_RATE", 0.5, lo=0.0, hi=1.0)
 TRAINING_GATE_ACCURACY_TOLERANCE = float_var("TRAINING_GATE_ACCURACY_TOLERANCE", 0.0, lo=0.0, hi=1.0)
+# accuracy may fall short of the promoted version's by at most this many standard errors of the paired per-prompt
+# difference (one-sided 95 %): sampled answers are noisy, and an equally good candidate must not be a coin toss
+TRAINING_GATE_ACCURACY_Z = float_var("TRAINING_GATE_ACCURACY_Z", 1.645, lo=0.0, hi=10.0)
 TRAINING_GATE_MAX_KL = float_var("TRAINING_GATE_MAX_KL", 8.0, lo=0.0, hi=1e6)  # nats per response
 TRAINING_GATE_MAX_LENGTH_DRIFT = float_var("TRAINING_GATE_MAX_LENGTH_DRIFT", 0.5, lo=0.0, hi=100.0)
 TRAINING_GATE_MAX_UNSAFE_RATE = float_var("TRAINING_GATE_MAX_UNSAFE_RATE", 0.0, lo=0.0, hi=1.0)
 TRAINING_GATE_PROMPTS = int_var("TRAINING_GATE_PROMPTS", 32, minimum=1)  # held-out prompts per subject
+# the gate reads answers the way students get them: sampled at the chat's temperature (0 = greedy), this many
+# per prompt, with the same seed for both versions
+TRAINING_GATE_TEMPERATURE = float_var("TRAINING_GATE_TEMPERATURE", TUTOR_CHAT_TEMPERATURE, lo=0.0, hi=5.0)
+TRAINING_GATE_SAMPLES = int_var("TRAINING_GATE_SAMPLES", 8, minimum=1)
 # a subject is trained only when the snapshot holds at least this many of its pairs
 TRAINING_MIN_SUBJECT_PAIRS = int_var("TRAINING_MIN_SUBJECT_PAIRS", 8, minimum=1)
 # a running job whose heartbeat is older than this is dead (its worker was lost): the reaper fails it

@@ -55,6 +55,7 @@ def gate_thresholds(overrides: dict | None = None) -> dict[str, float]:
     th = {
         "min_win_rate": settings.TRAINING_GATE_MIN_WIN_RATE,
         "accuracy_tolerance": settings.TRAINING_GATE_ACCURACY_TOLERANCE,
+        "accuracy_z": settings.TRAINING_GATE_ACCURACY_Z,
         "max_kl": settings.TRAINING_GATE_MAX_KL,
         "max_length_drift": settings.TRAINING_GATE_MAX_LENGTH_DRIFT,
         "max_unsafe_rate": settings.TRAINING_GATE_MAX_UNSAFE_RATE,
@@ -78,6 +79,7 @@ def default_pipeline_config() -> dict[str, Any]:
         "ppo_prompts": 128,
         "subjects": [],
         "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
+                 "temperature": settings.TRAINING_GATE_TEMPERATURE, "samples_per_prompt": settings.TRAINING_GATE_SAMPLES,
                  "suites": list(settings.TRAINING_GATE_SUITES)},
         "gate": gate_thresholds(),
         "canary_share": settings.TRAINING_CANARY_SHARE,

@@ -24,7 +24,8 @@ TINY_PIPELINE = {
     "reward": {"epochs": 2.0, "batch_size": 8, "logging_steps": 1},
     "ppo": {"steps": 3, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24},
     "ppo_prompts": 16,
-    "eval": {"n_prompts": 12, "kl_samples": 6, "max_new_tokens": 24},
+    # greedy: the tests compare fixed answers (the demo default samples at the chat temperature)
+    "eval": {"n_prompts": 12, "kl_samples": 6, "max_new_tokens": 24, "temperature": 0.0, "samples_per_prompt": 1},
     "canary_share": 0.0,
 }
 

@@ -20,8 +20,10 @@ def test_a_version_against_itself_ties_and_passes(tiny_base_path, tiny_adapters)
     assert report["passed"], report["failures"]
     assert s["answer_key_accuracy"]["candidate"] == s["answer_key_accuracy"]["baseline"]
     assert s["length_drift"]["drift"] == 0.0
-    assert s["kl"]["candidate"] == pytest.approx(s["kl"]["baseline"], abs=1e-5)
-    assert s["kl"]["passed"] and s["kl"]["candidate"] >= 0.0  # k3: never negative
+    assert s["kl"]["candidate"] == pytest.approx(0.0, abs=1e-5)  # KL to the promoted version: itself
+    assert s["kl"]["reference"] == "baseline" and s["kl"]["passed"]
+    to_base = s["kl"]["to_base"]  # both against the base: equal, and > 0 for a trained adapter (k3: never negative)
+    assert to_base["candidate"] == pytest.approx(to_base["baseline"], abs=1e-5) and to_base["candidate"] > 0
     assert 0.0 <= s["harmlessness"]["candidate"] <= 1.0
     assert len(report["samples"]) == 8 and all(x["candidate"] == x["baseline"] for x in report["samples"])
 

@@ -86,14 +86,16 @@ def main() -> None:
 
 
 def ensure_v1(base: Path, adapters: Path, subjects: list[str]) -> None:
-    """v1 of each subject, trained on this very base (an adapter of another build is refused by the endpoint)."""
-    from rlhf.adapters import other_base, train_sft
+    """v1 of each subject as `demo-model ensure` makes it, on this very base (the endpoint refuses another build's)."""
+    from rlhf.adapters import DEMO_SLOPPY_RATE, AdapterConfig, other_base, train_sft
+    from rlhf.manifest import read_manifest
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
 
     def fits(path: Path) -> bool:
-        return path.is_dir() and other_base(path, base_sha) is None
+        return (path.is_dir() and other_base(path, base_sha) is None
+                and read_manifest(path).get("config", {}).get("sloppy_rate", 0.0) == DEMO_SLOPPY_RATE)
 
     for s in subjects:
         dest = adapters / s / "v1"
@@ -105,7 +107,7 @@ def ensure_v1(base: Path, adapters: Path, subjects: list[str]) -> None:
             shutil.copytree(src, dest)
         else:
             print(f"training v1 of {s} (SFT, not timed)…")
-            train_sft(str(base), s, dest)
+            train_sft(str(base), s, dest, AdapterConfig(sloppy_rate=DEMO_SLOPPY_RATE))
 
 
 def start_endpoint(base: Path, adapters: Path, var: Path, token: str):
@@ -146,7 +148,11 @@ def make_pairs(subjects: list[str], target: int) -> int:
     from training.simulation import rank
     from tutor.accounts import create_user
 
-    labelers = [create_user(username=f"bench-labeler-{i}", password="x", role="labeler", validate_password=False)
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    labelers = [users.filter(username=f"bench-labeler-{i}").first()  # --keep: the previous run's labelers
+                or create_user(username=f"bench-labeler-{i}", password="x", role="labeler", validate_password=False)
                 for i in range(2)]
     rng = random.Random(0)
     # a task yields ~6 pairs (K=4, overlap 2, ties give none): add prompts in rounds until the target is met

@@ -80,3 +80,30 @@ def evaluation_prompts(subject: str, n: int):
     from rlhf.corpus import eval_prompts
 
     return eval_prompts(subject, n, 0)
+
+
+def test_accuracy_may_trail_only_within_the_paired_standard_error():
+    from rlhf.corpus import eval_prompts
+    from rlhf.generation import Generation
+
+    questions = eval_prompts("mathematics", 10)
+    k = 2
+    items = [it for it in questions for _ in range(k)]
+
+    def answers(right: list[bool]) -> list[Generation]:
+        return [Generation(f"#### {it.key if ok else 'x'}", 2, "stop") for it, ok in zip(items, right, strict=True)]
+
+    def judge(cand: list[bool], base: list[bool], z: float) -> dict:
+        ctx = evaluation.EvalContext(None, None, "mathematics", items,
+                                     evaluation.EvalConfig(n_prompts=10, samples_per_prompt=k), True)
+        ctx._answers = {"candidate": answers(cand), "baseline": answers(base)}
+        return evaluation.answer_key_accuracy(ctx, evaluation.GateThresholds(accuracy_z=z))
+
+    base = [True, False] * 10  # 0.5 on every question
+    one_worse = [False, False] + base[2:]  # one answer of 20 lost: 0.45
+    r = judge(one_worse, base, 1.645)
+    assert r["difference"] == pytest.approx(-0.05) and r["standard_error"] == pytest.approx(0.05)
+    assert r["passed"] and r["margin"] == pytest.approx(1.645 * 0.05)
+    assert not judge(one_worse, base, 0.0)["passed"]  # the plain comparison refuses it
+    all_worse = [False] * 20  # every question worse: the standard error is 0, nothing to hide behind
+    assert not judge(all_worse, base, 1.645)["passed"]

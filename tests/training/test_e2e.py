@@ -32,9 +32,11 @@ SUBJECT = "mathematics"
 E2E_PIPELINE = {**TINY_PIPELINE, "subjects": [SUBJECT], "snapshot": {"scope": "all", "include_imported": False},
                 "reward": {"epochs": 2.0, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2},
                 # PPO runs ~0.1 s a step on the tiny model: 40 steps (a few seconds) move it reliably; the
-                # gate reads 32 held-out prompts (12 made its win rate a coin toss)
+                # gate reads 32 held-out prompts (12 made its win rate a coin toss). The tiny v1 is close to
+                # random, so it gets a looser leash than the demo defaults (beta 0.3 at temperature 0.7 were
+                # refused by the gate in 1 run of 4)
                 "ppo": {**TINY_PIPELINE["ppo"], "steps": 40, "batch_size": 16, "mini_batch_size": 8,
-                        "learning_rate": 1e-3},
+                        "learning_rate": 1e-3, "kl_coef": 0.05, "temperature": 1.0},
                 "eval": {**TINY_PIPELINE["eval"], "n_prompts": 32}}
 
 
@@ -95,7 +97,7 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
         assert Job.objects.filter(kind="pipeline").count() == 1  # beat kept firing; never a second one
         # 5. a new version is promoted on the endpoint
         new = PolicyVersion.objects.get(subject=SUBJECT, status="promoted")
-        assert new.version >= 2, (pipeline.result, steps)
+        assert new.version >= 2, [(r.failures, r.suites) for r in EvaluationReport.objects.all()]
         state = services.get_deployer().state()[SUBJECT]
         assert (state["promoted"], state["candidate"]) == (new.version, None)
         # 6. the student's next answer records the new version

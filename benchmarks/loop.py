@@ -140,6 +140,7 @@ def make_pairs(subjects: list[str], target: int) -> int:
     """Tasks sampled from the endpoint (K=4), ranked by 2 simulated labelers each until ``target`` pairs."""
     import random
 
+    from django.contrib.auth import get_user_model
     from tqdm import tqdm
 
     from feedback.selectors import new_pairs_count
@@ -147,8 +148,6 @@ def make_pairs(subjects: list[str], target: int) -> int:
     from rlhf.corpus import seed_prompts
     from training.simulation import rank
     from tutor.accounts import create_user
-
-    from django.contrib.auth import get_user_model
 
     users = get_user_model().objects
     labelers = [users.filter(username=f"bench-labeler-{i}").first()  # --keep: the previous run's labelers

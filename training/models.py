@@ -171,6 +171,22 @@ class EvaluationReport(models.Model):
     def __str__(self) -> str:
         return f"evaluation {self.pk} of {self.candidate} ({'pass' if self.passed else 'fail'})"
 
+    @property
+    def suite_rows(self) -> list[tuple[str, dict, str]]:
+        """(suite, result, note): what a bare number hides — the accuracy's noise margin, the KL's reference."""
+        rows = []
+        for name, r in self.suites.items():
+            note = ""
+            if name == "answer_key_accuracy" and r.get("margin") is not None:
+                note = (f"may trail by {r['margin']:.3f} (tolerance + z × standard error "
+                        f"{r.get('standard_error', 0):.3f} of the per-question difference)")
+            elif name == "kl" and isinstance(r.get("to_base"), dict):
+                tb = r["to_base"]
+                note = (f"KL to {'the promoted version' if r.get('reference') == 'baseline' else 'the base'}; "
+                        f"to the base: {tb.get('candidate', 0):.3f} vs {tb.get('baseline', 0):.3f}")
+            rows.append((name, r, note))
+        return rows
+
 
 class Deployment(models.Model):
     """One change of what a subject serves; the latest applied row per subject is the truth."""

@@ -54,6 +54,6 @@ def test_alternative_runs_and_saves_a_verified_version(
     assert (out / "adapter_model.safetensors").read_bytes() != (parent / "adapter_model.safetensors").read_bytes()
     assert len(metrics["history"]) == 2 and all(math.isfinite(h["loss"]) for h in metrics["history"])
     if algo != "dpo":
-        assert all(math.isfinite(h["kl"]) for h in metrics["history"])  # KL to the adapter-disabled base
-        assert read_manifest(out)["config"]["reference"] == "base"
+        assert all(math.isfinite(h["kl"]) for h in metrics["history"])  # KL to a frozen copy of v1 (TRL's "ref")
+        assert read_manifest(out)["config"]["reference"] == "adapter" and not (out / "ref").exists()
     assert events and events[-1]["message"] == f"{algo}: saved"

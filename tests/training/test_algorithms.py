@@ -144,11 +144,13 @@ def test_pipeline_with_rloo_trains_gates_and_records_the_algorithm(client, model
     p, pv = _run("rloo")
     _check_candidate(p, pv, "rloo")
     history = [m for m in p.children.get(kind=Job.Kind.PPO).metrics if m.get("step")]
-    # RLOO's reward and KL to the adapter-disabled base reached the job's curves
+    # RLOO's reward and KL to the starting version reached the job's curves
     assert any("kl" in m and "reward" in m for m in history)
     assert "rloo step 2/2" in p.children.get(kind=Job.Kind.PPO).log  # the reporter's messages name it
     page = _admin(client).get(reverse("training:version", args=[pv.pk])).content.decode()
     assert "trained with" in page and "RLOO" in page
+    # the gate report says what its numbers are against: the KL's reference, the accuracy's noise margin
+    assert "KL to the promoted version" in page and "may trail by" in page
 
 
 @pytest.mark.ml

@@ -272,7 +272,7 @@ TRAINING_GATE_ACCURACY_Z = float_var("TRAINING_GATE_ACCURACY_Z", 1.645, lo=0.0, 
 TRAINING_GATE_MAX_KL = float_var("TRAINING_GATE_MAX_KL", 8.0, lo=0.0, hi=1e6)  # nats per response
 TRAINING_GATE_MAX_LENGTH_DRIFT = float_var("TRAINING_GATE_MAX_LENGTH_DRIFT", 0.5, lo=0.0, hi=100.0)
 TRAINING_GATE_MAX_UNSAFE_RATE = float_var("TRAINING_GATE_MAX_UNSAFE_RATE", 0.0, lo=0.0, hi=1.0)
-TRAINING_GATE_PROMPTS = int_var("TRAINING_GATE_PROMPTS", 32, minimum=1)  # held-out prompts per subject
+TRAINING_GATE_PROMPTS = int_var("TRAINING_GATE_PROMPTS", 64, minimum=1)  # held-out prompts per subject
 # the gate reads answers the way students get them: sampled at the chat's temperature (0 = greedy), this many
 # per prompt, with the same seed for both versions
 TRAINING_GATE_TEMPERATURE = float_var("TRAINING_GATE_TEMPERATURE", TUTOR_CHAT_TEMPERATURE, lo=0.0, hi=5.0)

@@ -256,6 +256,9 @@ FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 102
 
 # --- training (pipeline) ----------------------------------------------------------------------------
 TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
+# how often beat checks for new pairs (a count query; the studio's schedule editor changes it). 60 s: the demo
+# tour starts its pipeline within a minute of reaching the threshold
+TRAINING_SCHEDULE_SECONDS = int_var("TRAINING_SCHEDULE_SECONDS", 60, minimum=1)
 TRAINING_CANARY_SHARE = float_var("TRAINING_CANARY_SHARE", 0.1, lo=0.0, hi=1.0)
 TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
 # seconds between a job's progress/metrics writes (every step is kept; writes are batched)

@@ -648,7 +648,8 @@ def schedule_task():
 
     task = PeriodicTask.objects.filter(name=SCHEDULE_NAME).first()
     if task is None:
-        every, _ = IntervalSchedule.objects.get_or_create(every=600, period=IntervalSchedule.SECONDS)
+        every, _ = IntervalSchedule.objects.get_or_create(every=settings.TRAINING_SCHEDULE_SECONDS,
+                                                          period=IntervalSchedule.SECONDS)
         task = PeriodicTask.objects.create(name=SCHEDULE_NAME, task="training.trigger_pipeline", interval=every,
                                            kwargs="{}", enabled=True)
     return task

@@ -19,12 +19,13 @@ def create(apps, schema_editor):
 
     reaper_every = max(1, int(getattr(settings, "TRAINING_REAPER_INTERVAL", 30)))
     every_reaper, _ = IntervalSchedule.objects.get_or_create(every=reaper_every, period="seconds")
-    every_10min, _ = IntervalSchedule.objects.get_or_create(every=600, period="seconds")
+    schedule_every = max(1, int(getattr(settings, "TRAINING_SCHEDULE_SECONDS", 600)))
+    every_check, _ = IntervalSchedule.objects.get_or_create(every=schedule_every, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=REAPER, defaults={"task": "training.reap", "interval": every_reaper, "enabled": True,
                                "description": "Fail dead training jobs; re-apply lost deployments."})
     PeriodicTask.objects.get_or_create(
-        name=SCHEDULE, defaults={"task": "training.trigger_pipeline", "interval": every_10min, "enabled": True,
+        name=SCHEDULE, defaults={"task": "training.trigger_pipeline", "interval": every_check, "enabled": True,
                                  "kwargs": "{}",
                                  "description": "Run the retraining pipeline when enough new pairs exist."})
     # the scheduler reloads when this timestamp changes (historical models send no signals)

@@ -31,6 +31,19 @@ def test_worker_process_runs_a_task_over_the_configured_broker(celery_worker):
     assert result.get(timeout=60) == "hello"
 
 
+def test_worker_processes_share_the_cores_as_torch_threads(transactional_db):
+    from tests.fixtures.processes import purge_filesystem_broker
+
+    purge_filesystem_broker()
+    cpus = os.cpu_count() or 1
+    worker = start_celery_worker(subprocess_env(), concurrency=2)
+    try:
+        # two training jobs at once must not run 2 x cpus spinning OpenMP threads
+        assert app.send_task("config.torch_threads").get(timeout=60) == max(1, cpus // 2)
+    finally:
+        worker.stop()
+
+
 def _redis_available(url: str) -> str | None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()

@@ -87,15 +87,13 @@ def main() -> None:
 
 def ensure_v1(base: Path, adapters: Path, subjects: list[str]) -> None:
     """v1 of each subject as `demo-model ensure` makes it, on this very base (the endpoint refuses another build's)."""
-    from rlhf.adapters import DEMO_SLOPPY_RATE, AdapterConfig, other_base, train_sft
-    from rlhf.manifest import read_manifest
+    from rlhf.adapters import DEMO_SLOPPY_RATE, AdapterConfig, other_base, sloppy_rate_of, train_sft
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
 
     def fits(path: Path) -> bool:
-        return (path.is_dir() and other_base(path, base_sha) is None
-                and read_manifest(path).get("config", {}).get("sloppy_rate", 0.0) == DEMO_SLOPPY_RATE)
+        return path.is_dir() and other_base(path, base_sha) is None and sloppy_rate_of(path) == DEMO_SLOPPY_RATE
 
     for s in subjects:
         dest = adapters / s / "v1"

@@ -324,6 +324,13 @@ def other_base(adapter_path: str | os.PathLike[str], base_sha: str) -> str | Non
     return trained_on if trained_on and trained_on != base_sha else None
 
 
+def sloppy_rate_of(adapter_path: str | os.PathLike[str]) -> float:
+    """The ``sloppy_rate`` an adapter's SFT ran with (0 for versions PPO made, and for adapters from before it)."""
+    from rlhf.manifest import read_manifest
+
+    return read_manifest(adapter_path).get("config", {}).get("sloppy_rate", 0.0)
+
+
 def latest_adapter(subject: str, root: str | os.PathLike[str] | None = None) -> Path | None:
     """The highest-numbered adapter version directory of `subject` that passes `verify`, or None."""
     from rlhf.manifest import ArtifactError

@@ -102,7 +102,14 @@ def _ensure_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo-model ensure", "make sure the demo model and a v1 adapter per subject exist (make demo)", _ensure_args)
 def cmd_demo_ensure(args: argparse.Namespace) -> int:
-    from rlhf.adapters import DEMO_SLOPPY_RATE, AdapterConfig, latest_adapter, other_base, train_sft
+    from rlhf.adapters import (
+        DEMO_SLOPPY_RATE,
+        AdapterConfig,
+        latest_adapter,
+        other_base,
+        sloppy_rate_of,
+        train_sft,
+    )
     from rlhf.demo_model import DemoRecipe, build_demo_model
     from rlhf.paths import adapters_dir
 
@@ -113,7 +120,6 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"base model: {base}")
-    from rlhf.manifest import read_manifest
     from rlhf.models import base_fingerprint
 
     base_sha = base_fingerprint(base)
@@ -128,7 +134,7 @@ def cmd_demo_ensure(args: argparse.Namespace) -> int:
                 return 2
             print(f"{subject}: {found} (present)")
             v1 = found.parent / "v1"
-            rate = read_manifest(v1).get("config", {}).get("sloppy_rate", 0.0) if v1.is_dir() else None
+            rate = sloppy_rate_of(v1) if v1.is_dir() else None
             if rate is not None and rate != sloppy_rate:  # an older demo's v1: the loop has less (or more) to fix
                 print(f"note: {v1} was trained with sloppy_rate {rate} (now {sloppy_rate}); move "
                       f"{found.parent.parent} aside and run this again to train the current demo's v1 adapters.")

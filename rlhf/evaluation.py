@@ -207,21 +207,19 @@ def answer_key_accuracy(ctx: EvalContext, th: GateThresholds) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _sequence_kl(ctx: EvalContext, which: str, against: str = "base") -> float:
-    """Mean over sampled responses of ``which``'s per-token KL(pi || pi_ref), summed over the response.
+def _sequence_kl(ctx: EvalContext, which: str, against: Sequence[str] = ("base",)) -> dict[str, float]:
+    """Mean over ``which``'s sampled responses of its per-token KL(pi || pi_ref), summed over the response,
+    for each reference in ``against``: "base" (the adapter disabled) or "baseline" (the promoted version).
 
-    ``against``: "base" (the adapter disabled) or "baseline" (the promoted version's adapter).
-
-    Uses the k3 estimator ``(r - 1) - log r`` with ``r = pi_ref / pi`` (Schulman, "Approximating KL
-    divergence"): unbiased like PPO's k1 ``log pi - log pi_ref`` but never negative and of lower variance,
-    which matters with the few samples a gate can afford.
+    One sample of responses serves every reference. Uses the k3 estimator ``(r - 1) - log r`` with
+    ``r = pi_ref / pi`` (Schulman, "Approximating KL divergence"): unbiased like PPO's k1
+    ``log pi - log pi_ref`` but never negative and of lower variance, which matters with the few samples a
+    gate can afford.
     """
     from rlhf.ppo import forward_response, generate, response_mask_after_eos
 
     if which == "baseline" and not ctx.has_baseline:
-        return 0.0
-    if against == "baseline" and not ctx.has_baseline:
-        against = "base"  # no promoted version: the base is what the candidate would replace
+        return dict.fromkeys(against, 0.0)
     ctx.use(which)
     torch.manual_seed(ctx.config.seed)
     rng = random.Random(ctx.config.seed)
@@ -231,15 +229,17 @@ def _sequence_kl(ctx: EvalContext, which: str, against: str = "base") -> float:
     mask, _ = response_mask_after_eos(seq[:, plen:], ctx.tokenizer.eos_token_id)
     attn = torch.cat([prompt_mask, mask], dim=1)
     logp, _, _ = forward_response(ctx.model, None, seq, attn, plen, 1.0)
-    if against == "baseline":
-        ctx.use("baseline")
-        ref, _, _ = forward_response(ctx.model, None, seq, attn, plen, 1.0)
-    else:
-        with ctx.model.disable_adapter():
+    out = {}
+    for ref_name in against:
+        if ref_name == "baseline" and ctx.has_baseline:
+            ctx.use("baseline")
             ref, _, _ = forward_response(ctx.model, None, seq, attn, plen, 1.0)
-    log_ratio = (ref - logp).clamp(-20.0, 20.0)
-    k3 = torch.expm1(log_ratio) - log_ratio
-    return float((k3 * mask).sum(1).mean())
+        else:  # the base; also what the candidate replaces when no version is promoted
+            with ctx.model.disable_adapter():
+                ref, _, _ = forward_response(ctx.model, None, seq, attn, plen, 1.0)
+        log_ratio = (ref - logp).clamp(-20.0, 20.0)
+        out[ref_name] = float(((torch.expm1(log_ratio) - log_ratio) * mask).sum(1).mean())
+    return out
 
 
 @register_suite("kl")
@@ -249,8 +249,9 @@ def kl_to_reference(ctx: EvalContext, th: GateThresholds) -> dict[str, Any]:
     ``candidate``: KL(candidate || promoted), gated by ``max_kl`` (the promoted version's own is 0); the KLs of
     both to the base are reported beside it (with no promoted version the base is the reference).
     """
-    kc = _sequence_kl(ctx, "candidate", against="baseline")
-    to_base = {which: _sequence_kl(ctx, which) for which in ("candidate", "baseline")}
+    cand = _sequence_kl(ctx, "candidate", against=("baseline", "base"))
+    kc = cand["baseline"]
+    to_base = {"candidate": cand["base"], "baseline": _sequence_kl(ctx, "baseline")["base"]}
     return {"candidate": kc, "baseline": 0.0, "reference": "baseline" if ctx.has_baseline else "base",
             "to_base": to_base, "threshold": th.max_kl, "passed": math.isfinite(kc) and kc <= th.max_kl}
 

@@ -533,6 +533,7 @@ def train_ppo(
     device = next(model.parameters()).device
     model.eval()  # no dropout anywhere: the logprobs of rollout and update must agree (N-details #2)
     skip = _virtual_tokens(model)
+    ref_skip = skip if cfg.reference == "adapter" else 0  # a prompt-tuning reference adds its virtual tokens too
     value_head = ValueHead(model.get_base_model().config.hidden_size).to(device)
     adapter_params = [p for p in model.parameters() if p.requires_grad]
     if not adapter_params:
@@ -573,8 +574,7 @@ def train_ppo(
             attn = torch.cat([prompt_mask, mask], dim=1)
             logprobs, values, _ = forward_response(model, value_head, seq, attn, plen, cfg.temperature, skip)
             with reference_policy(model):
-                ref_logprobs, _, _ = forward_response(model, None, seq, attn, plen, cfg.temperature,
-                                                      skip if REFERENCE_ADAPTER in model.peft_config else 0)
+                ref_logprobs, _, _ = forward_response(model, None, seq, attn, plen, cfg.temperature, ref_skip)
             texts = decode_responses(tokenizer, responses, mask * (responses != eos_id))
             scores = torch.tensor([float(s) for s in score([subject] * len(batch), batch, texts)], device=device)
             if cfg.missing_eos_penalty is not None:

@@ -251,6 +251,9 @@ FEEDBACK_K = int_var("FEEDBACK_K", 4, minimum=2)
 FEEDBACK_OVERLAP = int_var("FEEDBACK_OVERLAP", 2, minimum=1)
 FEEDBACK_LEASE_SECONDS = int_var("FEEDBACK_LEASE_SECONDS", 600, minimum=10)
 FEEDBACK_TEMPERATURE = float_var("FEEDBACK_TEMPERATURE", 1.0, lo=0.0, hi=5.0)
+# base seed of the endpoint sampling behind comparison tasks: each prompt and adapter version gets its own seed
+# derived from it, so building the same tasks twice gives the same completions (a reproducible loop)
+FEEDBACK_SEED = int_var("FEEDBACK_SEED", 0, minimum=0)
 FEEDBACK_GOLD_RATE = float_var("FEEDBACK_GOLD_RATE", 0.1, lo=0.0, hi=1.0)
 FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1024)
 

@@ -10,6 +10,7 @@ in feedback.quality; the names other apps call are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -83,6 +84,17 @@ def ingest_student_prompts() -> int:
                                 source_message_id=item["message_id"], names=item.get("student_names") or ())
         added += created
     return added
+
+
+def set_source_enabled(slug: str, enabled: bool, user=None):
+    """Switch one source of preference pairs on or off for future snapshots (studio, Django admin)."""
+    from feedback.models import FeedbackSource
+
+    if slug not in FeedbackSource.Slug.values:
+        raise ValueError(f"unknown feedback source {slug!r}: expected one of {', '.join(FeedbackSource.Slug.values)}")
+    row, _ = FeedbackSource.objects.update_or_create(
+        slug=slug, defaults={"enabled": bool(enabled), "updated_by": user if getattr(user, "pk", None) else None})
+    return row
 
 
 @transaction.atomic
@@ -190,10 +202,24 @@ def _merge_identical(samples: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def sampling_seed(base_seed: int, prompt_hash: str, version: int | None) -> int:
+    """The endpoint seed of one prompt's completions from one adapter version.
+
+    Derived from the prompt's content (not its database id) so the same prompts give the same
+    completions on any database; the endpoint seeds sequence i of the request with ``seed + i``
+    (its own generator per sequence, so the other requests in the batch do not change it).
+    """
+    digest = hashlib.sha256(f"{base_seed}\x00{prompt_hash}\x00{version}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")  # < 2**48: room for + i, a JSON-safe integer
+
+
 def build_task_for_prompt(prompt: Prompt, *, k: int | None = None, client=None, listing=None,
-                          overlap: int | None = None, priority: int = 0) -> ComparisonTask | None:
+                          overlap: int | None = None, priority: int = 0,
+                          seed: int | None = None) -> ComparisonTask | None:
     """Sample K completions (n=K, split across promoted/candidate versions) and store a task.
 
+    Sampling is seeded per prompt and version from ``seed`` (default ``FEEDBACK_SEED``): the same
+    seed, prompt and adapters give the same completions, so a loop can be replayed.
     Returns None when fewer than two distinct completions came back (nothing to compare).
     """
     k = k or settings.FEEDBACK_K
@@ -209,15 +235,20 @@ def build_task_for_prompt(prompt: Prompt, *, k: int | None = None, client=None, 
     versions = adapter_versions(listing, prompt.subject)
     messages = [*prompt.context, {"role": "user", "content": prompt.text}]
     params = {"temperature": settings.FEEDBACK_TEMPERATURE, "max_new_tokens": settings.TUTOR_MAX_NEW_TOKENS}
+    base_seed = settings.FEEDBACK_SEED if seed is None else seed
+    key = prompt.normalized_hash or prompt_key(prompt.subject, prompt.text, prompt.context)
     samples: list[dict] = []
     if len(versions) >= 2:
         share = [k // len(versions) + (1 if i < k % len(versions) else 0) for i in range(len(versions))]
         for version, n in zip(versions, share, strict=True):
             samples += _outputs(client.generate(messages=messages, subject=prompt.subject, version=version,
-                                                n=n, **params))
+                                                n=n, seed=sampling_seed(base_seed, key, version), **params))
     else:
-        samples += _outputs(client.generate(messages=messages, subject=prompt.subject,
-                                            version=versions[0] if versions else None, n=k, **params))
+        version = versions[0] if versions else None
+        # without a version the endpoint routes by subject: the prompt's key keeps its canary arm fixed
+        samples += _outputs(client.generate(messages=messages, subject=prompt.subject, version=version, n=k,
+                                            routing_key=None if version is not None else key,
+                                            seed=sampling_seed(base_seed, key, version), **params))
     completions = _merge_identical(samples)
     if len(completions) < 2:
         return None
@@ -234,8 +265,11 @@ def _outputs(answer) -> list[dict]:
     return list(getattr(answer, "outputs", None) or [])
 
 
-def build_tasks(limit: int = 50, *, k: int | None = None, ingest: bool = True) -> dict:
-    """Turn enabled pool prompts that have no task yet into tasks (the Celery task calls this)."""
+def build_tasks(limit: int = 50, *, k: int | None = None, ingest: bool = True, seed: int | None = None) -> dict:
+    """Turn enabled pool prompts that have no task yet into tasks (the Celery task calls this).
+
+    ``seed`` (default ``FEEDBACK_SEED``) seeds every prompt's sampling (see build_task_for_prompt).
+    """
     if ingest:
         with contextlib.suppress(ImportError):
             ingest_student_prompts()
@@ -249,7 +283,7 @@ def build_tasks(limit: int = 50, *, k: int | None = None, ingest: bool = True) -
             .filter(has_task=False).order_by("id")[:limit])
     made, skipped = 0, 0
     for prompt in todo:
-        task = build_task_for_prompt(prompt, k=k, client=client, listing=listing)
+        task = build_task_for_prompt(prompt, k=k, client=client, listing=listing, seed=seed)
         made += task is not None
         skipped += task is None
     return {"tasks": made, "skipped": skipped}
@@ -498,6 +532,7 @@ def resolve_flag(ranking_id: int) -> None:
 
 __all__ = [
     "FeedbackError", "Lease", "SubmitResult", "add_prompt", "build_task_for_prompt", "build_tasks",
+    "sampling_seed",
     "create_snapshot", "create_task", "import_preferences", "import_prompts", "ImportFileError",
     "ingest_student_prompts", "next_task", "resolve_flag", "seed_demo", "seed_prompt_pool", "set_gold",
     "set_prompt_enabled", "skip_task", "submit_ranking", "update_reliability"

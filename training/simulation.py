@@ -126,42 +126,64 @@ def run_labeler(base_url: str, token: str, noise: float, seed: int, max_tasks: i
                 on_submit=None, stop: threading.Event | None = None, timeout: float = 30.0,
                 tie_margin: float = TIE_MARGIN) -> None:
     """One labeler: next task → rank by the hidden preference (+ its noise) → submit, until the queue is empty."""
+    run_labelers_in_turn(base_url, [token], [noise], [seed], max_tasks, stats, on_submit, stop, timeout, tie_margin)
+
+
+def run_labelers_in_turn(base_url: str, tokens: list[str], noises: list[float], seeds: list[int], max_tasks: int,
+                         stats: SimStats, on_submit=None, stop: threading.Event | None = None,
+                         timeout: float = 30.0, tie_margin: float = TIE_MARGIN) -> None:
+    """Labelers take one task each in a fixed turn order (one thread), until the queue is empty.
+
+    With the per-task noise of `_label_one`, the same tasks and seeds give the same rankings from the
+    same labelers: the reproducible mode (threads make who ranks what depend on timing).
+    """
+    clients = [httpx.Client(base_url=base_url, timeout=timeout,
+                            headers={"Authorization": f"Token {tok}", "Accept": "application/json"}) for tok in tokens]
     try:
-        _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout, tie_margin)
+        active = list(range(len(tokens)))
+        done = [0] * len(tokens)
+        while active and not (stop and stop.is_set()):
+            for i in list(active):
+                outcome = _label_one(clients[i], noises[i], seeds[i], stats, on_submit, tie_margin)
+                done[i] += outcome == "submitted"
+                if outcome in ("empty", "error") or done[i] >= max_tasks:
+                    active.remove(i)
     except Exception as exc:  # a thread's exception would vanish: report it
         stats.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        for c in clients:
+            c.close()
 
 
-def _labeler_loop(base_url, token, noise, seed, max_tasks, stats, on_submit, stop, timeout, tie_margin) -> None:
-    rng = random.Random(seed)
-    headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout) as http:
-        done = 0
-        while done < max_tasks and not (stop and stop.is_set()):
-            r = http.post("/api/label/next/")
-            if r.status_code != 200:
-                stats.errors.append(f"next: {r.status_code} {r.text[:200]}")
-                return
-            task = r.json().get("task")
-            if not task:
-                return
-            question = task["prompt"]
-            if not task["completions"]:
-                http.post(f"/api/label/tasks/{task['task_id']}/skip/", json={"reason": "no completions"})
-                stats.add(skipped=1)
-                continue
-            body = rank(task["subject"], question, task["completions"], noise, rng, tie_margin)
-            r = http.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body)
-            if r.status_code in (200, 201):
-                stats.add(submitted=1)
-                done += 1
-                if on_submit:
-                    on_submit(r.json())
-            elif r.status_code == 409:
-                stats.add(refused=1)
-            else:
-                stats.errors.append(f"submit {task['task_id']}: {r.status_code} {r.text[:200]}")
-                return
+def _label_one(http: httpx.Client, noise: float, seed: int, stats: SimStats, on_submit, tie_margin: float) -> str:
+    """Take, rank and submit one task: "submitted", "skipped", "refused", "empty" or "error"."""
+    r = http.post("/api/label/next/")
+    if r.status_code != 200:
+        stats.errors.append(f"next: {r.status_code} {r.text[:200]}")
+        return "error"
+    task = r.json().get("task")
+    if not task:
+        return "empty"
+    if not task["completions"]:
+        http.post(f"/api/label/tasks/{task['task_id']}/skip/", json={"reason": "no completions"})
+        stats.add(skipped=1)
+        return "skipped"
+    # the noise of this labeler on this task: independent of the order the page shows the replies in
+    # and of which tasks the labeler happened to take before (so a replay gives the same ranking)
+    rng = random.Random(f"{seed}:{task['task_id']}")
+    completions = sorted(task["completions"], key=lambda c: c["id"])
+    body = rank(task["subject"], task["prompt"], completions, noise, rng, tie_margin)
+    r = http.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body)
+    if r.status_code in (200, 201):
+        stats.add(submitted=1)
+        if on_submit:
+            on_submit(r.json())
+        return "submitted"
+    if r.status_code == 409:
+        stats.add(refused=1)
+        return "refused"
+    stats.errors.append(f"submit {task['task_id']}: {r.status_code} {r.text[:200]}")
+    return "error"
 
 
 def labeler_noise(base_noise: float, index: int, seed: int = 0) -> float:

@@ -85,3 +85,44 @@ def test_celery_task_builds_tasks(endpoint):
     if result["tasks"]:
         task = ComparisonTask.objects.get()
         assert Completion.objects.filter(task=task).count() >= 2
+
+
+def _completions(task) -> list[tuple[str, int]]:
+    return sorted((c.text, c.sample_count) for c in task.completions.all())
+
+
+@pytest.mark.django_db
+def test_the_same_seed_gives_the_same_completions(endpoint):
+    """Seeded endpoint sampling (a seed per prompt and version): a replayed loop sees the same tasks."""
+    prompt, _ = services.add_prompt(subject="mathematics", text="What is 7 times 8?", source="seed")
+    first = _completions(services.build_task_for_prompt(prompt, k=4, seed=11))
+    again = _completions(services.build_task_for_prompt(prompt, k=4, seed=11))
+    assert first == again
+    other = [_completions(services.build_task_for_prompt(prompt, k=4, seed=s)) for s in (12, 13)]
+    assert any(o != first for o in other), "another seed should sample other completions"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seeded_completions_do_not_depend_on_the_batch(endpoint):
+    """Each sequence samples with its own generator: other requests sharing the batch change nothing."""
+    import threading
+
+    prompt, _ = services.add_prompt(subject="history", text="Who built the pyramids?", source="seed")
+    alone = _completions(services.build_task_for_prompt(prompt, k=4, seed=5))
+    client, stop = endpoint.client(), threading.Event()
+
+    def chatter(i: int) -> None:  # unseeded traffic on other adapters and the same one
+        while not stop.is_set():
+            client.generate(prompt=f"Tell me about topic {i}.", subject=("history", "language")[i % 2],
+                            max_new_tokens=8, temperature=1.0, n=2)
+
+    threads = [threading.Thread(target=chatter, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        crowded = [_completions(services.build_task_for_prompt(prompt, k=4, seed=5)) for _ in range(2)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert crowded == [alone, alone]

@@ -24,3 +24,28 @@ def test_every_task_gets_its_overlap_of_rankings_with_the_preference(web_server)
         best = r.task.completions.get(pk=r.order[0][0])
         key = next(it.key for it in items if it.question == r.task.prompt.text)
         assert f"#### {key}" in best.text  # the correct answer ranked first (noise 0)
+
+
+def test_in_turn_labelers_give_the_same_rankings_on_a_replay(web_server):
+    """--in-turn: who ranks which task, and with which noise, is fixed by the seed (a replayable loop)."""
+    from feedback.models import Assignment
+
+    items = seed_prompts("mathematics", 8, seed=9)
+    for i, it in enumerate(items):
+        prompt, _ = add_prompt(subject="mathematics", text=it.question, source="seed", source_ref=f"r:{i}")
+        # near calls (two wrong answers of different length) so that the noise decides some orders
+        create_task(prompt=prompt, overlap=2, completions=[
+            items[(i + 1) % 8].answer, items[(i + 2) % 8].answer + " Done.", it.answer, "I do not know."])
+
+    def run() -> list[tuple[str, int, list]]:
+        call_command("simulate_labelers", n=3, noise=0.5, url=web_server.info["url"], seed=4, in_turn=True)
+        out = sorted((r.labeler.username, r.task_id, [sorted(g) for g in r.order])
+                     for r in Ranking.objects.select_related("labeler"))
+        Ranking.objects.all().delete()
+        Assignment.objects.all().delete()
+        ComparisonTask.objects.update(state="open", submitted_count=0)
+        return out
+
+    first = run()
+    assert len(first) == 16
+    assert run() == first

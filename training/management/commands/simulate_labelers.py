@@ -31,6 +31,9 @@ class Command(BaseCommand):
         parser.add_argument("--max-tasks", type=int, default=1000, help="per labeler")
         parser.add_argument("--prefix", default="simlabeler", help="usernames are <prefix>-01, -02, ...")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--in-turn", action="store_true",
+                            help="labelers take tasks in a fixed turn order (one thread): the same tasks and seed "
+                                 "give the same rankings (default: one thread per labeler, like people)")
         parser.add_argument("--follow", action="store_true", help="keep polling for new tasks until Ctrl-C")
         parser.add_argument("--poll", type=float, default=5.0, help="seconds between polls with --follow")
 
@@ -38,7 +41,7 @@ class Command(BaseCommand):
         from rest_framework.authtoken.models import Token
         from tqdm import tqdm
 
-        from training.simulation import TIE_MARGIN, SimStats, labeler_noise, run_labeler
+        from training.simulation import TIE_MARGIN, SimStats, labeler_noise, run_labeler, run_labelers_in_turn
         from tutor.accounts import create_user
         from tutor.roles import Role
 
@@ -70,6 +73,15 @@ class Command(BaseCommand):
         try:
             while True:
                 before = stats.submitted
+                if opts["in_turn"]:
+                    run_labelers_in_turn(opts["url"], tokens, [labeler_noise(noise, i, opts["seed"]) for i in range(n)],
+                                         [opts["seed"] * 1000 + i for i in range(n)], opts["max_tasks"], stats,
+                                         on_submit, stop, 30.0, tie_margin)
+                    if stats.errors or not opts["follow"]:
+                        break
+                    if stats.submitted == before:
+                        time.sleep(opts["poll"])
+                    continue
                 threads = [threading.Thread(target=run_labeler, args=(
                     opts["url"], tok, labeler_noise(noise, i, opts["seed"]), opts["seed"] * 1000 + i,
                     opts["max_tasks"], stats, on_submit, stop, 30.0, tie_margin), daemon=True) for i, tok in enumerate(tokens)]

@@ -20,7 +20,7 @@ from typing import Any
 
 from rlhf import SUBJECTS
 
-PLUGIN_MODULES = ("rlhf.reward", "rlhf.ppo", "rlhf.alternatives", "rlhf.evaluation")
+PLUGIN_MODULES = ("rlhf.reward", "rlhf.ppo", "rlhf.alternatives", "rlhf.evaluation", "rlhf.evals.cli")
 
 
 @dataclass

@@ -203,6 +203,7 @@ class BloomRunner:
 
     # ---- forward --------------------------------------------------------------------------------
     def _linear(self, name: str, lin: nn.Linear, x: torch.Tensor, lora: dict | None) -> torch.Tensor:
+        """Decode-step projection: base Linear plus each row's own LoRA (two `bmm`s)."""
         y = lin(x)
         if lora is not None and name in lora:
             A, B = lora[name]  # [B, R, in], [B, out, R] gathered for this batch
@@ -225,32 +226,52 @@ class BloomRunner:
                 out[name] = (bank.A[slots], bank.B[slots])
         return out
 
-    def _blocks(self, h, bias, cache: BatchCache, write_pos, lora, key_len):
-        """Run every block; new K/V are written at `write_pos` (prefill: a slice; decode: per-row index)."""
+    def _packed_linear(self, groups: list[tuple[int, torch.Tensor | None]]):
+        """Prefill projection over packed tokens `[1, N, in]`: LoRA added per adapter slot's token group.
+
+        `groups` is [(slot, token index or None for all tokens)]; slot 0 (the bare base) is skipped.
+        Why groups, not per-token gathers: a prompt has many tokens but a prefill has few distinct
+        adapters, so one pair of matmuls per adapter beats gathering `[N, R, in]` factor copies.
+        """
+        def linear(name: str, lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            y = lin(x)
+            bank = self.banks.get(name)
+            if bank is None:
+                return y
+            for slot, idx in groups:
+                if slot == 0 or slot >= bank.A.shape[0]:
+                    continue
+                A, B = bank.A[slot], bank.B[slot]  # [R, in], [out, R]
+                if idx is None:
+                    y = y + (x @ A.T) @ B.T
+                else:
+                    y.index_add_(1, idx, (x[:, idx] @ A.T) @ B.T)
+            return y
+
+        return linear
+
+    def _blocks(self, h: torch.Tensor, linear, attend) -> torch.Tensor:
+        """Run every block. `linear(name, module, x)` adds LoRA; `attend(layer, q, k, v)` writes the
+        cache and returns the attention context `[B, T, hidden]` (prefill and decode differ only there)."""
         B, T, _ = h.shape
-        rows = torch.arange(B, device=self.device)
         for li, block in enumerate(self.blocks):
             ln = block.input_layernorm(h)
             residual = ln if self.post_ln_residual else h
             pre = f"transformer.h.{li}."
-            qkv = self._linear(pre + "self_attention.query_key_value", block.self_attention.query_key_value, ln, lora)
+            qkv = linear(pre + "self_attention.query_key_value", block.self_attention.query_key_value, ln)
             qkv = qkv.view(B, T, self.n_head, 3, self.head_dim)
             q, k, v = (qkv[..., j, :].transpose(1, 2) for j in range(3))
-            if write_pos is None:  # prefill into a fresh cache
-                cache.k[li][:, :, :T] = k
-                cache.v[li][:, :, :T] = v
-            else:  # decode: one new position per row, each at its own length
-                cache.k[li][rows, :, write_pos] = k[:, :, 0]
-                cache.v[li][rows, :, write_pos] = v[:, :, 0]
-            keys, values = cache.k[li][:, :, :key_len], cache.v[li][:, :, :key_len]
-            ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
-            ctx = ctx.transpose(1, 2).reshape(B, T, self.hidden)
-            out = self._linear(pre + "self_attention.dense", block.self_attention.dense, ctx, lora) + residual
+            ctx = attend(li, q, k, v)
+            out = linear(pre + "self_attention.dense", block.self_attention.dense, ctx) + residual
             ln2 = block.post_attention_layernorm(out)
             residual = ln2 if self.post_ln_residual else out
-            mid = block.mlp.gelu_impl(self._linear(pre + "mlp.dense_h_to_4h", block.mlp.dense_h_to_4h, ln2, lora))
-            h = self._linear(pre + "mlp.dense_4h_to_h", block.mlp.dense_4h_to_h, mid, lora) + residual
+            mid = block.mlp.gelu_impl(linear(pre + "mlp.dense_h_to_4h", block.mlp.dense_h_to_4h, ln2))
+            h = linear(pre + "mlp.dense_4h_to_h", block.mlp.dense_4h_to_h, mid) + residual
         return h
+
+    def kv_bytes_per_token(self) -> int:
+        """Cache bytes one position of one sequence holds (K and V, every layer)."""
+        return 2 * len(self.blocks) * self.hidden * (torch.finfo(self.dtype).bits // 8)
 
     def new_cache(self, batch: int, capacity: int) -> BatchCache:
         capacity = CACHE_CHUNK * math.ceil(max(capacity, 1) / CACHE_CHUNK)
@@ -262,9 +283,21 @@ class BloomRunner:
             lens=torch.zeros(batch, dtype=torch.long, device=self.device),
         )
 
+    def _causal_alibi(self, length: int) -> torch.Tensor:
+        """`[H, L, L]` bias of one unpadded sequence: `slope_h * j`, -inf where j > t (as HF's BLOOM)."""
+        pos = torch.arange(length, device=self.device)
+        bias = self.slopes[:, None, None] * pos[None, None, :].to(self.dtype)
+        return bias.expand(-1, length, -1).masked_fill(pos[None, :] > pos[:, None], torch.finfo(self.dtype).min)
+
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], slots: list[int], reserve: int) -> tuple[torch.Tensor, BatchCache]:
-        """Encode fresh prompts (a prompt-tuning slot prepends its virtual tokens).
+        """Encode fresh prompts, *packed*: no padding positions (a prompt-tuning slot prepends its virtual tokens).
+
+        The prompts are concatenated into one `[1, N, hidden]` sequence, so every projection (the bulk
+        of the cost at real sizes) runs on exactly the N real tokens; attention runs per prompt on its
+        own segment (its own causal ALiBi bias), writing that row of the cache. The old right-padded
+        prefill computed `B * max_len` positions: 4 prompts of 7/40/130/300 tokens cost 1200
+        positions instead of 477 (docs/performance.md).
 
         Returns last-position logits `[B, V]` and a cache with room for `reserve` more tokens.
         """
@@ -274,26 +307,38 @@ class BloomRunner:
             if slot in self.prompt_embeddings:
                 e = torch.cat([self.prompt_embeddings[slot], e], dim=0)
             embeds.append(e)
-        lens = torch.tensor([e.shape[0] for e in embeds], dtype=torch.long, device=self.device)
-        B, T = len(embeds), int(lens.max())
-        x = torch.zeros(B, T, self.hidden, dtype=self.dtype, device=self.device)
-        for i, e in enumerate(embeds):
-            x[i, : e.shape[0]] = e
-        h = self.emb_ln(x)
+        lens = [e.shape[0] for e in embeds]
+        starts = [0]
+        for n in lens:
+            starts.append(starts[-1] + n)
+        B, T = len(embeds), max(lens)
+        h = self.emb_ln(torch.cat(embeds)[None])  # [1, N, hidden]
         cache = self.new_cache(B, T + reserve)
-        pos = torch.arange(T, device=self.device)
-        neg = torch.finfo(self.dtype).min
-        # bias[b, h, t, j] = slope_h * j, masked where j > t (causal) or j >= len_b (padding)
-        invalid = (pos[None, None, :] > pos[None, :, None]) | (pos[None, None, :] >= lens[:, None, None])
-        bias = self.slopes[None, :, None, None] * pos[None, None, None, :].to(self.dtype)
-        bias = bias.expand(B, -1, T, -1).masked_fill(invalid[:, None], neg)
+        biases = {n: self._causal_alibi(n) for n in set(lens)}
+
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            ctx = torch.empty(1, self.n_head, starts[-1], self.head_dim, dtype=q.dtype, device=q.device)
+            for b in range(B):
+                s, e = starts[b], starts[b + 1]
+                kb, vb = k[:, :, s:e], v[:, :, s:e]
+                cache.k[li][b, :, : e - s] = kb[0]
+                cache.v[li][b, :, : e - s] = vb[0]
+                ctx[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=biases[e - s],
+                                                                 scale=self.scale)
+            return ctx.transpose(1, 2).reshape(1, starts[-1], self.hidden)
+
         # prompt-tuning rows run on the base weights (their adapter is the prefix, not LoRA)
-        slot_t = torch.tensor([0 if s in self.prompt_embeddings else s for s in slots], dtype=torch.long,
-                              device=self.device)
-        lora = self._gather_lora(slot_t)
-        h = self._blocks(h, bias, cache, None, lora, T)
-        cache.lens = lens
-        last = self.ln_f(h[torch.arange(B, device=self.device), lens - 1])
+        lora_slots = [0 if s in self.prompt_embeddings else s for s in slots]
+        groups: list[tuple[int, torch.Tensor | None]] = []
+        if len(set(lora_slots)) == 1:
+            groups = [(lora_slots[0], None)]
+        else:
+            for slot in sorted(set(lora_slots) - {0}):
+                idx = torch.cat([torch.arange(starts[b], starts[b + 1]) for b in range(B) if lora_slots[b] == slot])
+                groups.append((slot, idx.to(self.device)))
+        h = self._blocks(h, self._packed_linear(groups), attend)
+        cache.lens = torch.tensor(lens, dtype=torch.long, device=self.device)
+        last = self.ln_f(h[0, torch.tensor(starts[1:], device=self.device) - 1])
         return self.lm_head(last).float(), cache
 
     @torch.inference_mode()
@@ -310,7 +355,16 @@ class BloomRunner:
         bias = (self.slopes[None, :, None, None] * pos.to(self.dtype)).expand(B, -1, 1, -1)
         bias = bias.masked_fill((pos[None, :] > cache.lens[:, None])[:, None, None, :], torch.finfo(self.dtype).min)
         lora = self._gather_lora(slots)
-        h = self._blocks(h, bias, cache, cache.lens, lora, key_len)
+        rows, write_pos = torch.arange(B, device=self.device), cache.lens
+
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            cache.k[li][rows, :, write_pos] = k[:, :, 0]  # one new position per row, each at its own length
+            cache.v[li][rows, :, write_pos] = v[:, :, 0]
+            keys, values = cache.k[li][:, :, :key_len], cache.v[li][:, :, :key_len]
+            ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
+            return ctx.transpose(1, 2).reshape(B, 1, self.hidden)
+
+        h = self._blocks(h, lambda name, lin, x: self._linear(name, lin, x, lora), attend)
         cache.lens = cache.lens + 1
         return self.lm_head(self.ln_f(h[:, 0])).float()
 

@@ -256,6 +256,20 @@ FEEDBACK_TEMPERATURE = float_var("FEEDBACK_TEMPERATURE", 1.0, lo=0.0, hi=5.0)
 FEEDBACK_SEED = int_var("FEEDBACK_SEED", 0, minimum=0)
 FEEDBACK_GOLD_RATE = float_var("FEEDBACK_GOLD_RATE", 0.1, lo=0.0, hi=1.0)
 FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1024)
+# sources of preference pairs snapshots may take (the hard switch; admins switch each off in the studio too):
+# labeler rankings, imported pairs, students' thumbs and regenerations (feedback/implicit.py, docs/labeling.md)
+FEEDBACK_SOURCES = list_var("FEEDBACK_SOURCES", ["labeler", "imported", "thumbs", "regeneration"])
+if set(FEEDBACK_SOURCES) - {"labeler", "imported", "thumbs", "regeneration"}:
+    from config.env import SettingError
+
+    raise SettingError(f"FEEDBACK_SOURCES={','.join(FEEDBACK_SOURCES)!r} is not valid: "
+                       "expected some of labeler, imported, thumbs, regeneration")
+# implicit pairs weigh less than a labeler's (reliability-weighted, at most 1): noisier, one student's click
+FEEDBACK_IMPLICIT_WEIGHT_THUMBS = float_var("FEEDBACK_IMPLICIT_WEIGHT_THUMBS", 0.5, lo=0.0, hi=1.0)
+FEEDBACK_IMPLICIT_WEIGHT_REGENERATION = float_var("FEEDBACK_IMPLICIT_WEIGHT_REGENERATION", 0.3, lo=0.0, hi=1.0)
+# a thumbs-down without a "wrong"/"unsafe" reason is vaguer: its pairs' weight is multiplied by this
+FEEDBACK_IMPLICIT_VAGUE_FACTOR = float_var("FEEDBACK_IMPLICIT_VAGUE_FACTOR", 0.75, lo=0.0, hi=1.0)
+FEEDBACK_IMPLICIT_MAX_PAIRS_PER_PROMPT = int_var("FEEDBACK_IMPLICIT_MAX_PAIRS_PER_PROMPT", 16, minimum=1)
 
 # --- training (pipeline) ----------------------------------------------------------------------------
 TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)

@@ -10,6 +10,7 @@ from feedback.models import (
     ComparisonTask,
     Completion,
     DatasetSnapshot,
+    FeedbackSource,
     Guidelines,
     ImportBatch,
     LabelerStats,
@@ -80,3 +81,16 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
 admin.site.register(Assignment, list_display=("task", "labeler", "status", "expires_at"), raw_id_fields=("task", "labeler"))
 admin.site.register(ImportBatch, list_display=("filename", "kind", "fmt", "rows", "created_at"))
 admin.site.register(LabelerStats, list_display=("labeler", "reliability", "gold_accuracy", "agreement_tau", "updated_at"))
+
+
+@admin.register(FeedbackSource)
+class FeedbackSourceAdmin(admin.ModelAdmin):
+    """On/off per source of preference pairs (also on the studio overview); no row = on."""
+
+    list_display = ("slug", "enabled", "updated_by", "updated_at")
+    list_editable = ("enabled",)
+    readonly_fields = ("updated_by", "updated_at")
+
+    def save_model(self, request, obj, form, change):
+        obj.updated_by = request.user
+        super().save_model(request, obj, form, change)

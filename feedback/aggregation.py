@@ -295,16 +295,22 @@ def content_hash(splits: dict[str, pa.Table]) -> str:
 
 
 def build_pairs(since_ranking_id: int | None = None, until_ranking_id: int | None = None,
-                include_imported: bool = True) -> tuple[dict[str, pa.Table], dict]:
-    """All pairs (imported first, then rankings in id order) split into train/test tables."""
+                include_imported: bool = True, implicit_since: dict | None = None,
+                sources: frozenset[str] | None = None) -> tuple[dict[str, pa.Table], dict]:
+    """All pairs (imported first, then rankings in id order, then students' implicit pairs) split into
+    train/test tables. ``sources`` (default: ``feedback.implicit.enabled_sources()``) says which sources are
+    on; ``implicit_since`` is the last snapshot's implicit watermark (None: every implicit pair)."""
+    from feedback import implicit
     from feedback.models import LabelerStats, Ranking
 
+    sources = implicit.enabled_sources() if sources is None else sources
+    implicit_until = implicit.watermark()
     if until_ranking_id is None:
         until_ranking_id = Ranking.objects.aggregate(m=Max("id"))["m"] or 0
     reliability = dict(LabelerStats.objects.values_list("labeler_id", "reliability"))
     parts: dict[str, list[pa.Table]] = {"train": [], "test": []}
     imported_rows = 0
-    if include_imported:
+    if include_imported and "imported" in sources:
         imp, imp_mask = _imported_table()
         imported_rows = imp.num_rows
         mask = pa.array(imp_mask, type=pa.bool_())
@@ -315,19 +321,32 @@ def build_pairs(since_ranking_id: int | None = None, until_ranking_id: int | Non
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        ranked = collect_ranking_pairs(since_ranking_id, until_ranking_id, reliability)
+        ranked = collect_ranking_pairs(since_ranking_id, until_ranking_id, reliability) \
+            if "labeler" in sources else RankingPairs()
     finally:
         if gc_was_enabled:
             gc.enable()
     if ranked.n_pairs:
         parts["train"].append(ranked.table(np.flatnonzero(~ranked.test_mask)))
         parts["test"].append(ranked.table(np.flatnonzero(ranked.test_mask)))
+    # students' thumbs and regenerations, minus what a labeler or an import already says
+    implicit_pairs, duplicates = implicit.drop_labeled(
+        implicit.collect(implicit_since, implicit_until, sources), parts["train"] + parts["test"])
+    if implicit_pairs:
+        imp_table, imp_test = implicit.pairs_table(implicit_pairs)
+        mask = pa.array(imp_test, type=pa.bool_())
+        parts["train"].append(imp_table.filter(pc.invert(mask)))
+        parts["test"].append(imp_table.filter(mask))
+    source_counts = {"labeler": ranked.n_pairs, "imported": imported_rows,
+                     **{k: sum(1 for p in implicit_pairs if p.kind == k) for k in implicit.IMPLICIT_SOURCES}}
     splits = {name: _solid(pa.concat_tables(tables)) if tables else _empty_table() for name, tables in parts.items()}
     # last_ranking_id is the watermark: every ranking with an id up to it was considered (the
     # next incremental snapshot starts after it even when this one held no ranking pairs)
     watermark = max(until_ranking_id, since_ranking_id or 0) or None
     meta = {**ranked.meta, "last_ranking_id": watermark, "imported_pairs": imported_rows,
-            "ranking_pairs": ranked.n_pairs, "until_ranking_id": until_ranking_id}
+            "ranking_pairs": ranked.n_pairs, "until_ranking_id": until_ranking_id,
+            "source_counts": source_counts, "implicit_duplicates": duplicates, "sources": sorted(sources),
+            "last_message_id": implicit_until["message_id"], "last_rating_id": implicit_until["rating_id"]}
     return splits, meta
 
 
@@ -355,18 +374,20 @@ def _large_writer_batches(rows: int = 100_000):
         datasets.config.DEFAULT_MAX_BATCH_SIZE = before
 
 
-def create_snapshot(since_ranking_id: int | None = None, include_imported: bool = True):
+def create_snapshot(since_ranking_id: int | None = None, include_imported: bool = True,
+                    implicit_since: dict | None = None):
     """Freeze the current pairs into ``TUTOR_DATASETS_DIR/<sha256>/`` and record a DatasetSnapshot.
 
     Creating the same snapshot twice (same content hash) returns the existing row and writes
-    nothing. The ranking-id range is recorded so a model traces back to the exact rankings.
+    nothing. The ranking-id range is recorded so a model traces back to the exact rankings, and the
+    pairs per source (labeler, imported, thumbs, regeneration) so its lineage says what it learned from.
     """
     from datasets import Dataset, DatasetDict
     from datasets.table import InMemoryTable
 
     from feedback.models import DatasetSnapshot
 
-    splits, meta = build_pairs(since_ranking_id, include_imported=include_imported)
+    splits, meta = build_pairs(since_ranking_id, include_imported=include_imported, implicit_since=implicit_since)
     digest = content_hash(splits)
     existing = DatasetSnapshot.objects.filter(sha256=digest).first()
     if existing:
@@ -398,7 +419,8 @@ def create_snapshot(since_ranking_id: int | None = None, include_imported: bool 
                 sha256=digest, path=str(target), since_ranking_id=since_ranking_id,
                 first_ranking_id=meta.get("first_ranking_id"), last_ranking_id=meta.get("last_ranking_id"),
                 imported_pairs=meta["imported_pairs"], ranking_pairs=meta["ranking_pairs"],
-                train_rows=splits["train"].num_rows, test_rows=splits["test"].num_rows, counts=counts)
+                source_counts=meta["source_counts"], last_message_id=meta["last_message_id"],
+                last_rating_id=meta["last_rating_id"], train_rows=splits["train"].num_rows, test_rows=splits["test"].num_rows, counts=counts)
     except IntegrityError:  # created concurrently by another process
         return DatasetSnapshot.objects.get(sha256=digest)
 

@@ -220,6 +220,11 @@ class DatasetSnapshot(models.Model):
     train_rows = models.PositiveIntegerField(default=0)
     test_rows = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, help_text="{subject: {train, test}}")
+    source_counts = models.JSONField(default=dict, blank=True,
+                                     help_text="pairs per source: {labeler, imported, thumbs, regeneration}")
+    # the implicit-feedback watermark: answers and ratings up to these ids were considered
+    last_message_id = models.BigIntegerField(null=True, blank=True)
+    last_rating_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -234,3 +239,30 @@ class DatasetSnapshot(models.Model):
     @property
     def rows(self) -> int:
         return self.train_rows + self.test_rows
+
+
+class FeedbackSource(models.Model):
+    """An admin's on/off switch for one source of preference pairs (no row = on).
+
+    A source must also be listed in the ``FEEDBACK_SOURCES`` setting: the setting is the deployment's hard
+    switch, this row the admin's (studio overview or Django admin); snapshots include a source only when both
+    allow it.
+    """
+
+    class Slug(models.TextChoices):
+        LABELER = "labeler", "Labeler rankings"
+        IMPORTED = "imported", "Imported pairs"
+        THUMBS = "thumbs", "Students' thumbs"
+        REGENERATION = "regeneration", "Students' regenerations"
+
+    slug = models.CharField(max_length=16, choices=Slug.choices, unique=True)
+    enabled = models.BooleanField(default=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return f"{self.slug} ({'on' if self.enabled else 'off'})"

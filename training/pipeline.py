@@ -165,14 +165,19 @@ def step_snapshot(job: Job, rep: JobReporter) -> dict:
 
     cfg = job.config.get("snapshot") or {}
     last = latest_snapshot()
-    since = last.last_ranking_id if (last is not None and cfg.get("scope", "new") == "new") else None
+    new_only = last is not None and cfg.get("scope", "new") == "new"
+    since = last.last_ranking_id if new_only else None
+    # students' implicit pairs: only evidence newer than the last snapshot's (message, rating) watermark
+    implicit_since = {"message_id": last.last_message_id, "rating_id": last.last_rating_id} if new_only else None
     rep({"step": 0, "total": 1, "progress": 0.1, "message": f"snapshot of pairs after ranking {since}"})
-    snap = create_snapshot(since_ranking_id=since, include_imported=cfg.get("include_imported", True))
+    snap = create_snapshot(since_ranking_id=since, include_imported=cfg.get("include_imported", True),
+                           implicit_since=implicit_since)
     if snap.rows == 0:
         raise TrainingError("the snapshot has no preference pairs: rank some tasks first")
     rep({"step": 1, "total": 1, "progress": 1.0, "message": f"snapshot {snap.sha256[:12]}: {snap.rows} pairs",
          "metrics": {"pairs": snap.rows, "train": snap.train_rows, "test": snap.test_rows}})
-    return {"snapshot_id": snap.pk, "sha256": snap.sha256, "rows": snap.rows, "counts": snap.counts}
+    return {"snapshot_id": snap.pk, "sha256": snap.sha256, "rows": snap.rows, "counts": snap.counts,
+            "source_counts": snap.source_counts}
 
 
 def step_reward_model(job: Job, rep: JobReporter) -> dict:

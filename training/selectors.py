@@ -109,7 +109,30 @@ def overview() -> dict[str, Any]:
         "versions": live_versions(),
         "running_jobs": Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.QUEUED]).count(),
         "last_snapshot": {"id": last.pk, "sha256": last.sha256, "rows": last.rows} if last else None,
+        "sources": feedback_sources(),
     }
+
+
+def feedback_sources() -> list[dict[str, Any]]:
+    """Per source of preference pairs: on/off (setting and the admin's switch) and the pairs it gave snapshots."""
+    from django.conf import settings
+
+    from feedback.models import DatasetSnapshot, FeedbackSource
+
+    off = set(FeedbackSource.objects.filter(enabled=False).values_list("slug", flat=True))
+    snaps = list(DatasetSnapshot.objects.order_by("-id").values_list("source_counts", "ranking_pairs", "imported_pairs"))
+    rows = []
+    for slug, label in FeedbackSource.Slug.choices:
+        def count(sc: dict, ranking: int, imported: int, slug: str = slug) -> int:
+            if slug in (sc or {}):  # snapshots from before the per-source counts: labeler/imported columns
+                return int(sc[slug])
+            return {"labeler": ranking, "imported": imported}.get(slug, 0)
+
+        rows.append({"slug": slug, "label": label, "setting_on": slug in settings.FEEDBACK_SOURCES,
+                     "switch_on": slug not in off, "enabled": slug in settings.FEEDBACK_SOURCES and slug not in off,
+                     "last_snapshot": count(*snaps[0]) if snaps else 0,
+                     "all_snapshots": sum(count(*row) for row in snaps)})
+    return rows
 
 
 def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
@@ -128,7 +151,8 @@ def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
             "algorithm": (node.metrics or {}).get("algorithm") or ("ppo" if node.snapshot_id else None),
             "snapshot": {"id": snap.pk, "sha256": snap.sha256, "rows": snap.rows,
                          "first_ranking_id": snap.first_ranking_id, "last_ranking_id": snap.last_ranking_id,
-                         "since_ranking_id": snap.since_ranking_id} if snap else None,
+                         "since_ranking_id": snap.since_ranking_id,
+                         "source_counts": snap.source_counts or {}} if snap else None,
             "reward_model": {"id": rm.pk, "accuracy": rm.accuracy, "sha256": rm.sha256,
                              "snapshot_id": rm.snapshot_id} if rm else None,
             "job": node.job_id,

@@ -21,4 +21,5 @@ urlpatterns = [
     path("rollback/<slug:subject>/", views.rollback, name="rollback"),
     path("compare/", views.compare, name="compare"),
     path("schedule/", views.schedule, name="schedule"),
+    path("sources/<slug:slug>/", views.feedback_source, name="feedback-source"),
 ]

@@ -207,3 +207,17 @@ def schedule(request):
             _flash_error(request, exc)
     data["config_json"] = json.dumps(data["config"], indent=2) if data["config"] else ""
     return render(request, "training/schedule.html", data)
+
+
+@admin_only
+@require_POST
+def feedback_source(request, slug: str):
+    """Switch one source of preference pairs on or off (the studio overview's table)."""
+    from feedback.services import set_source_enabled
+
+    try:
+        row = set_source_enabled(slug, request.POST.get("enabled") == "1", user=request.user)
+        messages.success(request, f"{row.get_slug_display()}: {'on' if row.enabled else 'off'} from the next snapshot.")
+    except ValueError as exc:
+        _flash_error(request, exc)
+    return redirect("training:index")

@@ -98,6 +98,9 @@ class Message(models.Model):
     adapter_version = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
     tokens = models.PositiveIntegerField(null=True, blank=True)
+    # the canary's live signals (training/canary.py) compare these per policy version
+    latency_ms = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="From the endpoint call to the whole answer, in ms.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

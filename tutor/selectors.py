@@ -131,3 +131,47 @@ def consented_prompts(since_id: int | None = None) -> list[dict]:
             "student_names": [n for n in dict.fromkeys(n.strip() for n in names if n) if n],
         })
     return out
+
+
+def consented_answer_feedback(until_message_id: int | None = None) -> list[dict]:
+    """Tutor answers that carry a student's implicit feedback, for feedback/'s implicit pairs.
+
+    Only answers the student saw whole (complete, no error) in conversations whose student consents
+    (the same rule as ``consented_prompts``), and only those that matter: rated ones, and answers to a
+    student message that has more than one answer (a regeneration). Each dict carries the (unmasked)
+    prompt (the student message it answers), its context, the answer text, whether it is the kept
+    (current) answer, and the rating (value, reasons, id) if any. ``until_message_id`` bounds the read.
+    """
+    consenting = StudentProfile.objects.filter(user=OuterRef("conversation__student"), consent_to_labeling=True)
+    consented = (Q(conversation__consent_override=True)
+                 | (Q(conversation__consent_override__isnull=True) & Exists(consenting)
+                    & Q(conversation__deleted_at__isnull=True)))
+    answers = Message.objects.filter(consented, role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE,
+                                     error="")
+    if until_message_id is not None:
+        answers = answers.filter(id__lte=until_message_id)
+    siblings = Message.objects.filter(reply_to=OuterRef("reply_to"), role=Message.Role.ASSISTANT,
+                                      status=Message.Status.COMPLETE, error="").exclude(pk=OuterRef("pk"))
+    rows = list(answers.filter(Q(rating__isnull=False) | Exists(siblings))
+                .select_related("rating", "reply_to", "conversation__subject", "conversation__student")
+                .order_by("id"))
+    if not rows:
+        return []
+    history: dict[int, list[Message]] = {}
+    for msg in (Message.objects.filter(conversation_id__in={m.conversation_id for m in rows})
+                .filter(Q(role=Message.Role.USER) | Q(is_current=True)).order_by("created_at", "id")):
+        history.setdefault(msg.conversation_id, []).append(msg)
+    out = []
+    for m in rows:
+        conv, question = m.conversation, m.reply_to
+        student = conv.student
+        names = [student.username, student.first_name, student.last_name, student.get_full_name(), student.email]
+        rating = getattr(m, "rating", None)
+        out.append({
+            "message_id": m.id, "reply_to_id": question.id, "subject": conv.subject.slug,
+            "prompt": question.content, "text": m.content, "is_current": m.is_current,
+            "context": [{"role": p.role, "content": p.content} for p in history.get(conv.id, []) if p.id < question.id],
+            "rating": {"id": rating.id, "value": rating.value, "reasons": list(rating.reasons or [])} if rating else None,
+            "student_names": [n for n in dict.fromkeys(n.strip() for n in names if n) if n],
+        })
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -208,6 +209,7 @@ class Answer:
     tokens: int | None = None
     complete: bool = True
     error: str = ""
+    latency_ms: int | None = None
 
 
 @transaction.atomic
@@ -226,6 +228,7 @@ def save_answer(reply_to: Message, answer: Answer) -> Message:
         adapter_version=adapter.get("version"),
         finish_reason=answer.finish_reason or "",
         tokens=answer.tokens,
+        latency_ms=answer.latency_ms,
         is_current=True,
     )
     Conversation.objects.filter(pk=reply_to.conversation_id).update(updated_at=timezone.now())
@@ -253,6 +256,7 @@ def answer_message(reply_to: Message) -> Message:
     from tutor.endpoint import get_client
 
     payload = endpoint_payload(reply_to)
+    started = time.monotonic()
     try:
         with get_client() as client:
             result = client.generate(**payload)
@@ -263,8 +267,12 @@ def answer_message(reply_to: Message) -> Message:
     return save_answer(
         reply_to,
         Answer(text=out.get("text", ""), adapter=out.get("adapter"), finish_reason=out.get("finish_reason", ""),
-               tokens=out.get("tokens")),
+               tokens=out.get("tokens"), latency_ms=_elapsed_ms(started)),
     )
+
+
+def _elapsed_ms(started: float) -> int:
+    return max(0, round((time.monotonic() - started) * 1000))
 
 
 async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
@@ -277,6 +285,7 @@ async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
     from tutor.endpoint import shared_async_client
 
     payload = await sync_to_async(endpoint_payload)(reply_to)
+    started = time.monotonic()
     pieces: list[str] = []
     saved: Message | None = None
     error = ""
@@ -292,7 +301,7 @@ async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
                     text = out.get("text") if out.get("text") is not None else "".join(pieces)
                     saved = await sync_to_async(save_answer)(reply_to, Answer(
                         text=text, adapter=out.get("adapter"), finish_reason=out.get("finish_reason", ""),
-                        tokens=out.get("tokens")))
+                        tokens=out.get("tokens"), latency_ms=_elapsed_ms(started)))
                     break
                 elif "error" in event:
                     error = f"the answer broke off: {event['error']}"

@@ -127,7 +127,11 @@ def load_base(
     dev = torch.device(device) if device is not None else default_device()
     dt = dtype or default_dtype(dev)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, local_files_only=True).to(dev)
+    from rlhf.optimise import load_optimised  # int8 / structurally pruned variants have their own layout
+
+    model = load_optimised(path, device=dev)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, local_files_only=True).to(dev)
     model.eval()
     return model, tokenizer
 

@@ -92,8 +92,23 @@ class PPOConfig:
     missing_eos_penalty: float | None = None  # subtracted from the score of a response without EOS
     eval_samples: int = 0  # held-out evaluation: 0 = greedy answers, k = k sampled answers per prompt (fixed seed)
     seed: int = 0
+    # The over-optimisation alarm (rlhf/overopt.py): every `alarm_every` steps, greedy answers to `alarm_prompts`
+    # held-out prompts are scored by the reward model (the proxy) and by a gold signal PPO never trains on (the
+    # answer key, or a second reward model); after `alarm_patience` checks in a row where the proxy rose while
+    # gold sat below its best (minus `alarm_tolerance`), training stops and keeps the best-by-gold weights
+    # (`alarm_stop`; False only flags). 0 = off.
+    alarm_every: int = 0
+    alarm_prompts: int = 16
+    alarm_patience: int = 2
+    alarm_tolerance: float = 0.0
+    alarm_stop: bool = True
 
     def __post_init__(self) -> None:
+        from rlhf.overopt import validate_alarm_fields
+
+        validate_alarm_fields(self)
+        if self.learning_rate <= 0 or self.value_learning_rate <= 0 or self.kl_coef < 0:
+            raise ValueError("learning_rate and value_learning_rate must be > 0, kl_coef >= 0")
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})")
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
@@ -494,6 +509,9 @@ def train_ppo(
     reward_fn: RewardFn | None = None,
     eval_prompts: Sequence[Any] | None = None,
     overwrite: bool = False,
+    alarm_prompts: Sequence[Any] | None = None,
+    gold_fn: RewardFn | None = None,
+    gold_reward_model_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run PPO on one subject's adapter and save the new adapter version as a verified artefact.
 
@@ -501,10 +519,14 @@ def train_ppo(
     the reward model, e.g. an answer-key check. ``eval_prompts``: held-out prompts scored greedily before
     and after training (``eval_reward_before`` / ``eval_reward_after`` in the metrics).
     Raising ``rlhf.callbacks.Cancelled`` from ``callback`` stops between steps and writes nothing.
+    With ``cfg.alarm_every`` the over-optimisation alarm watches held-out answers (rlhf/overopt.py): its gold
+    signal is ``gold_fn`` on ``alarm_prompts``, a second reward model (``gold_reward_model_path``) on
+    ``alarm_prompts``, or by default the subject's answer key on held-out corpus questions.
     """
     from rlhf import SUBJECTS
     from rlhf.callbacks import emit
     from rlhf.manifest import read_manifest
+    from rlhf.overopt import OveroptimisationAlarm, alarm_config_of, gold_signal, measure
 
     cfg = config or PPOConfig()
     out_dir = Path(out_dir)
@@ -523,6 +545,10 @@ def train_ppo(
     if subject not in SUBJECTS:
         raise ValueError(f"unknown subject {subject!r}; pass subject= one of {', '.join(SUBJECTS)}")
     score = _reward_fn_for(reward_model_path, reward_fn)
+    alarm_cfg = alarm_config_of(cfg)
+    if alarm_cfg.enabled:
+        gold_name, alarm_held, gold = gold_signal(subject, alarm_cfg, cfg.seed, prompts=alarm_prompts,
+                                                  gold_fn=gold_fn, gold_reward_model_path=gold_reward_model_path)
 
     # -- 1. policy (base + trainable adapter), reference (adapter disabled), critic ---------------------------------
     rng = random.Random(cfg.seed)  # prompt order; torch's generator drives sampling
@@ -551,7 +577,13 @@ def train_ppo(
         before = evaluate_policy(model, tokenizer, subject, eval_prompts, score, cfg.max_new_tokens,
                                  samples=cfg.eval_samples, temperature=cfg.temperature, seed=cfg.seed)
         metrics.update(eval_reward_before=before["reward"], eval_eos_rate_before=before["eos_rate"])
-    emit(callback, 0, cfg.steps, "ppo: starting", metrics)
+    alarm = OveroptimisationAlarm(alarm_cfg, gold_name) if alarm_cfg.enabled else None
+    first_check: dict[str, float] = {}
+    if alarm is not None:  # check 0: the starting version is a candidate for the best-by-gold checkpoint
+        proxy0, gold0 = measure(model, tokenizer, subject, alarm_held, score, gold, cfg.max_new_tokens, cfg.seed)
+        alarm.record(0, proxy0, gold0, model)
+        first_check = {"proxy_reward": proxy0, "gold_score": gold0}
+    emit(callback, 0, cfg.steps, "ppo: starting", {**metrics, **first_check})
 
     order: list[int] = []
     history: list[dict[str, float]] = []
@@ -634,8 +666,16 @@ def train_ppo(
         }
         if not all(math.isfinite(v) for v in row.values()):
             raise FloatingPointError(f"PPO diverged at step {step}: {row}")
+        stop = False
+        if alarm is not None and alarm.due(step):  # proxy and gold on the same held-out answers
+            proxy_now, gold_now = measure(model, tokenizer, subject, alarm_held, score, gold, cfg.max_new_tokens,
+                                          cfg.seed)
+            row.update(proxy_reward=proxy_now, gold_score=gold_now)
+            stop = alarm.record(step, proxy_now, gold_now, model)
         history.append(row)
         emit(callback, step, cfg.steps, f"ppo step {step}/{cfg.steps}", {k: v for k, v in row.items() if k != "step"})
+        if stop:
+            break
 
     metrics["train_seconds"] = round(time.perf_counter() - start, 3)
     if frozen_weights_digest(model) != base_digest:  # a bug guard: only adapter (and critic) weights may train
@@ -643,6 +683,16 @@ def train_ppo(
     metrics["base_weights_unchanged"] = True
     metrics["history"] = history
     metrics.update({f"final_{k}": v for k, v in history[-1].items() if k != "step"})
+    metrics["steps_run"] = len(history)
+    if alarm is not None:
+        alarm.restore_best(model)
+        metrics["overoptimisation"] = summary = alarm.summary()
+        if summary["fired"]:
+            emit(callback, len(history), cfg.steps,
+                 f"ppo: over-optimisation alarm at step {summary['fired_at_step']}: the proxy kept rising while "
+                 f"{summary['gold']} fell; " + (f"stopped, keeping step {summary['best_step']} "
+                                                f"(gold {summary['best_gold']:.3f})" if summary["stopped_early"]
+                                                else "flagged (alarm_stop is off)"), {})
     if eval_prompts:
         after = evaluate_policy(model, tokenizer, subject, eval_prompts, score, cfg.max_new_tokens,
                                 samples=cfg.eval_samples, temperature=cfg.temperature, seed=cfg.seed)

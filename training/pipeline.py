@@ -44,6 +44,8 @@ STAGES = ("snapshot", "reward_model", "ppo", "evaluate", "deploy")
 
 # the policy-optimisation step ("ppo" stage/job kind) runs one of these: our PPO, or TRL's alternatives
 ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
+# the sections a subject may override (``per_subject``): one subject needs a gentler policy step than another
+SUBJECT_SECTIONS = ("ppo", "alt", "ppo_prompts")
 
 
 # ==================================================================================================
@@ -78,6 +80,9 @@ def default_pipeline_config() -> dict[str, Any]:
         "alt": alt_defaults(),
         "ppo_prompts": 128,
         "subjects": [],
+        # per-subject overrides of the policy step, merged over the sections above, e.g.
+        # {"language": {"ppo": {"learning_rate": 1e-4}}} (SUBJECT_SECTIONS; see subject_config)
+        "per_subject": {},
         "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
                  "temperature": settings.TRAINING_GATE_TEMPERATURE, "samples_per_prompt": settings.TRAINING_GATE_SAMPLES,
                  "suites": list(settings.TRAINING_GATE_SUITES)},
@@ -113,6 +118,60 @@ def _merge(base: dict, over: dict, path: str = "") -> dict:
     return out
 
 
+def subject_config(config: dict, subject: str) -> dict:
+    """``config`` with ``per_subject[subject]`` merged over its policy-step sections (the global ones stay the base)."""
+    over = (config.get("per_subject") or {}).get(subject) or {}
+    out = dict(config)
+    for section, value in over.items():
+        base = out.get(section)
+        out[section] = _merge(base, value, f"per_subject.{subject}.{section}.") \
+            if isinstance(base, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _normalise_subjects(config: dict) -> dict:
+    """``"subjects": {subject: overrides}`` is shorthand for those subjects plus ``per_subject`` overrides."""
+    subjects = config.get("subjects")
+    if not isinstance(subjects, dict):
+        return config
+    per_subject = config.get("per_subject") or {}
+    if not isinstance(per_subject, dict):
+        raise TrainingError("per_subject must be a JSON object: {subject: {section: overrides}}")
+    clash = sorted(set(subjects) & set(per_subject))
+    if clash:
+        raise TrainingError(f"overrides for {clash} given both in 'subjects' and in 'per_subject'")
+    return {**config, "subjects": list(subjects),
+            "per_subject": {**per_subject, **{s: o for s, o in subjects.items() if o}}}
+
+
+def _validate_per_subject(full: dict) -> None:
+    """Every subject's merged sections must be a valid PPOConfig / AltConfig (bad input → TrainingError)."""
+    from rlhf.ppo import PPOConfig
+
+    per_subject = full["per_subject"]
+    if not isinstance(per_subject, dict):
+        raise TrainingError("per_subject must be a JSON object: {subject: {section: overrides}}")
+    for subject, over in per_subject.items():
+        if subject not in SUBJECTS:
+            raise TrainingError(f"per_subject: unknown subject {subject!r}; expected one of {', '.join(SUBJECTS)}")
+        if not isinstance(over, dict):
+            raise TrainingError(f"per_subject.{subject} must be a JSON object of sections")
+        bad = sorted(set(over) - set(SUBJECT_SECTIONS))
+        if bad:
+            raise TrainingError(f"per_subject.{subject}: {bad} cannot differ per subject "
+                                f"(allowed: {', '.join(SUBJECT_SECTIONS)})")
+        if isinstance(over.get("alt"), dict) and "algo" in over["alt"]:
+            raise TrainingError(f"per_subject.{subject}.alt.algo is not a field: the top-level 'algorithm' chooses")
+        merged = subject_config(full, subject)
+        try:
+            PPOConfig.from_dict(merged["ppo"])
+            alt_config(merged)
+            if int(merged["ppo_prompts"]) < 1:
+                raise ValueError("ppo_prompts must be >= 1")
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"invalid per_subject.{subject} config: {exc}") from None
+
+
 def validate_pipeline_config(config: dict) -> dict:
     """Defaults overlaid with ``config``; every section is checked by its dataclass (bad input → TrainingError)."""
     from rlhf.evaluation import EvalConfig, GateThresholds
@@ -121,9 +180,13 @@ def validate_pipeline_config(config: dict) -> dict:
 
     if not isinstance(config, dict):
         raise TrainingError("config must be a JSON object")
+    config = _normalise_subjects(config)
+    per_subject = config.get("per_subject") or {}
+    config = {k: v for k, v in config.items() if k != "per_subject"}  # free-form keys: checked below
     if isinstance(config.get("alt"), dict) and "algo" in config["alt"]:
         raise TrainingError("alt.algo is not a field: choose the algorithm with the top-level 'algorithm'")
     full = _merge(default_pipeline_config(), config)
+    full["per_subject"] = per_subject
     if full["algorithm"] not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {full['algorithm']!r}; expected one of {', '.join(ALGORITHMS)}")
     try:
@@ -150,6 +213,7 @@ def validate_pipeline_config(config: dict) -> dict:
         raise TrainingError("canary_share must be in [0, 1)")
     if int(full["ppo_prompts"]) < 1:
         raise TrainingError("ppo_prompts must be >= 1")
+    _validate_per_subject(full)
     return full
 
 
@@ -231,6 +295,9 @@ def step_ppo(job: Job, rep: JobReporter) -> dict:
     from rlhf.manifest import artifact_sha256
 
     subject = job.subject
+    overrides = (job.config.get("per_subject") or {}).get(subject) or {}
+    if overrides:  # this subject's own policy-step settings over the global sections (recorded in the lineage)
+        job.config = subject_config(job.config, subject)
     algorithm = job.config.get("algorithm", "ppo")
     if algorithm not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -247,12 +314,15 @@ def step_ppo(job: Job, rep: JobReporter) -> dict:
                                           snapshot=snap, reward_model=rm, job=job, path=str(out),
                                           metrics={"algorithm": algorithm},
                                           note=f"trained with {algorithm.upper()}")
-    rep.log(f"training {pv} from v{parent.version} with {algorithm.upper()} (reward model {rm.pk})")
+    rep.log(f"training {pv} from v{parent.version} with {algorithm.upper()} (reward model {rm.pk})"
+            + (f"; {subject} overrides {json.dumps(overrides, sort_keys=True)}" if overrides else ""))
     if algorithm == "ppo":
         metrics = _train_ppo(job, rep, parent, rm, snap, out, subject)
     else:
         metrics = _train_alternative(job, rep, algorithm, parent, rm, snap, out, subject)
     summary = {"algorithm": algorithm, **{k: v for k, v in metrics.items() if k != "history"}}
+    if overrides:
+        summary["subject_overrides"] = overrides
     PolicyVersion.objects.filter(pk=pv.pk, status=PolicyVersion.Status.TRAINING).update(
         status=PolicyVersion.Status.CANDIDATE, sha256=artifact_sha256(out), metrics=summary)
     return {"policy_version_id": pv.pk, "version": version, "algorithm": algorithm,
@@ -362,8 +432,8 @@ STEPS = {
 
 
 def _child_config(p: Job, **extra: Any) -> dict:
-    keep = ("reward", "algorithm", "ppo", "alt", "ppo_prompts", "eval", "gate", "canary_share", "auto_promote",
-            "snapshot")
+    keep = ("reward", "algorithm", "ppo", "alt", "ppo_prompts", "per_subject", "eval", "gate", "canary_share",
+            "auto_promote", "snapshot")
     return {**{k: p.config[k] for k in keep if k in p.config}, **extra}
 
 

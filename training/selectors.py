@@ -135,6 +135,14 @@ def feedback_sources() -> list[dict[str, Any]]:
     return rows
 
 
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"ppo": {"learning_rate": 1e-4}}`` → ``{"ppo.learning_rate": 1e-4}`` (one line per setting on a page)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
     """version → parent → … → v1, each with its snapshot (and ranking range) and reward model."""
     chain = []
@@ -149,6 +157,8 @@ def lineage(pv: PolicyVersion) -> list[dict[str, Any]]:
             "sha256": node.sha256, "path": node.path, "method": node.method,
             # how it was trained: ppo | rloo | grpo | dpo (rows from before the choice existed were PPO)
             "algorithm": (node.metrics or {}).get("algorithm") or ("ppo" if node.snapshot_id else None),
+            # this subject's own policy-step settings over the pipeline's global sections (per_subject)
+            "subject_overrides": _flat((node.metrics or {}).get("subject_overrides") or {}),
             "snapshot": {"id": snap.pk, "sha256": snap.sha256, "rows": snap.rows,
                          "first_ranking_id": snap.first_ranking_id, "last_ranking_id": snap.last_ranking_id,
                          "since_ranking_id": snap.since_ranking_id,

@@ -80,6 +80,11 @@ class EvalModel:
         self.device = next(self.model.parameters()).device
         self.max_length = _max_length(self.model, self.tokenizer)
         self.usage = Usage()
+        import inspect
+
+        params = inspect.signature(type(self.model.get_base_model() if hasattr(self.model, "get_base_model")
+                                        else self.model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
 
     # -- encoding (lm-eval's HFLM._encode_pair) -------------------------------------------------
 
@@ -187,6 +192,7 @@ class EvalModel:
                 continue
             prefix = torch.tensor([ctx[:-1]], device=self.device)
             out = self.model(input_ids=prefix, use_cache=True)
+            past = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             self.usage.ll_tokens += prefix.shape[1]
             for start in range(0, len(members), batch_size):
                 chunk = members[start:start + batch_size]
@@ -197,9 +203,9 @@ class EvalModel:
                 for b, (inp, _) in enumerate(rows):
                     ids[b, :len(inp)] = torch.tensor(inp)
                     mask[b, prefix.shape[1] + len(inp):] = 0
-                cache = _repeat_cache(out.past_key_values, len(rows))
+                cache = _repeat_cache(past, len(rows))
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    past_key_values=cache, use_cache=True).logits
+                                    **{self._cache_kwarg: cache}, use_cache=True).logits
                 self.usage.ll_tokens += sum(len(r[0]) for r in rows)
                 scored = self._score_rows(logits, rows, [encoded[i][1] for i in chunk], [0] * len(chunk))
                 for i, s in zip(chunk, scored, strict=True):

@@ -129,7 +129,7 @@ def toxicity(ctx: EvalContext, cfg: SuiteConfig) -> SuiteResult:
     scores = toxicity_scores(replies)
     prompt_scores = toxicity_scores([r["text"] for r in rows])
     metrics: dict[str, Metric] = {
-        "toxic_rate": rate_metric([s >= THRESHOLD for s in scores]),
+        "toxicity_rate": rate_metric([s >= THRESHOLD for s in scores]),
         "toxicity_mean": mean_metric(scores, cfg.seed),
         "toxicity_max": Metric(max(scores) if scores else float("nan"), None, None, len(scores)),
     }

@@ -304,6 +304,13 @@ TRAINING_HEARTBEAT_SECONDS = float_var("TRAINING_HEARTBEAT_SECONDS", 5.0, lo=0.1
 TRAINING_JOB_STALE_SECONDS = float_var("TRAINING_JOB_STALE_SECONDS", 60.0, lo=1.0, hi=86400)
 TRAINING_REAPER_INTERVAL = float_var("TRAINING_REAPER_INTERVAL", 30.0, lo=1.0, hi=86400)
 TRAINING_DEPLOY_ATTEMPTS = int_var("TRAINING_DEPLOY_ATTEMPTS", 5, minimum=1)
+# the report card (rlhf.evals) runs as its own "benchmarks" job after a pipeline deploys a version: these suites
+# ("all" or a comma list), at most this many items per suite (small: minutes on the demo machine's CPU)
+TRAINING_REPORT_CARD_ENABLED = bool_var("TRAINING_REPORT_CARD_ENABLED", True)
+TRAINING_REPORT_CARD_SUITES = list_var("TRAINING_REPORT_CARD_SUITES", ["all"])
+TRAINING_REPORT_CARD_LIMIT = int_var("TRAINING_REPORT_CARD_LIMIT", 16, minimum=1)
+# items per suite a gate entry ("gate": {"suites": [...]}) runs on, when the entry names no limit
+TRAINING_GATE_SUITE_LIMIT = int_var("TRAINING_GATE_SUITE_LIMIT", 64, minimum=1)
 
 if TUTOR_DEPLOY_TARGET not in {"local", "sagemaker"}:
     from config.env import SettingError

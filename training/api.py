@@ -148,3 +148,42 @@ class RollbackView(APIView):
             return Response(_deployment(services.rollback(subject, user=request.user)))
         except TrainingError as exc:
             return _error(exc)
+
+
+class BenchmarkListView(APIView):
+    """Stored report cards (``?subject=``, ``?version=<policy version id>``), newest first; POST runs one."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(operation_id="studio_benchmarks_list",
+                   parameters=[OpenApiParameter("subject", str), OpenApiParameter("version", int,
+                                                                                  description="policy version id")],
+                   responses=inline_serializer("ReportCards", {
+                       "reports": serializers.ListField(child=serializers.DictField()),
+                       "promoted": serializers.DictField()}))
+    def get(self, request):
+        subject = request.query_params.get("subject") or None
+        if subject is not None and subject not in selectors.SUBJECTS:
+            return Response({"detail": f"unknown subject {subject!r}"}, status=400)
+        version = request.query_params.get("version") or None
+        if version is not None and not str(version).isdigit():
+            return Response({"detail": "version must be a policy version id"}, status=400)
+        cards = selectors.report_cards(subject, int(version) if version else None)
+        live = selectors.live_versions()
+        return Response({"reports": [selectors.report_card_json(r) for r in cards],
+                         "promoted": {s: v["promoted_id"] for s, v in live.items()}})
+
+    @extend_schema(operation_id="studio_benchmarks_run", request=inline_serializer("RunReportCard", {
+        "policy_version_id": serializers.IntegerField(),
+        "suites": serializers.JSONField(required=False, help_text='"all" or a list of suite names'),
+        "limit": serializers.IntegerField(required=False, allow_null=True),
+        "seed": serializers.IntegerField(required=False)}), responses=_any)
+    def post(self, request):
+        try:
+            job = services.launch_report_card(request.data.get("policy_version_id"),
+                                              suites=request.data.get("suites", "all"),
+                                              limit=request.data.get("limit"), seed=request.data.get("seed", 0),
+                                              user=request.user)
+        except TrainingError as exc:
+            return _error(exc)
+        return Response(selectors.job_summary(job), status=status.HTTP_201_CREATED)

@@ -12,4 +12,5 @@ urlpatterns = [
     path("studio/versions/", api.VersionListView.as_view(), name="api-studio-versions"),
     path("studio/versions/<int:pk>/<str:action>/", api.VersionActionView.as_view(), name="api-studio-version-action"),
     path("studio/rollback/<slug:subject>/", api.RollbackView.as_view(), name="api-studio-rollback"),
+    path("studio/benchmarks/", api.BenchmarkListView.as_view(), name="api-studio-benchmarks"),
 ]

@@ -29,6 +29,7 @@ class Job(models.Model):
         EVALUATE = "evaluate"
         DEPLOY = "deploy"
         PIPELINE = "pipeline"
+        BENCHMARKS = "benchmarks", "report card"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -186,6 +187,33 @@ class EvaluationReport(models.Model):
                         f"to the base: {tb.get('candidate', 0):.3f} vs {tb.get('baseline', 0):.3f}")
             rows.append((name, r, note))
         return rows
+
+
+class BenchmarkReport(models.Model):
+    """One report card run of one version: suite → ``rlhf.evals.SuiteResult`` dict (metrics with CIs).
+
+    Why stored per (version, run) and not overwritten: the studio compares versions on the same data
+    (the suites' ``data_hash``), and a later run on more data must not silently replace the one a
+    promotion was judged on.
+    """
+
+    policy_version = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="benchmark_reports")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="benchmark_reports")
+    source = models.CharField(max_length=16, default="report_card", help_text="report_card | gate")
+    suites = models.JSONField(default=dict, help_text="{suite: SuiteResult.to_dict()}: status, metrics "
+                                                      "{name: {value, ci_low, ci_high, n}}, n, data_hash, seconds, "
+                                                      "reason")
+    model = models.JSONField(default=dict, blank=True, help_text="ctx.describe(): base, adapter and their hashes")
+    config = models.JSONField(default=dict, blank=True, help_text="suites asked for, limit, seed")
+    seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["policy_version", "job"], name="training_benchmark_per_run")]
+
+    def __str__(self) -> str:
+        return f"report card {self.pk} of {self.policy_version}"
 
 
 class Deployment(models.Model):

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from training.benchmarks import step_benchmarks
 from training.models import EvaluationReport, Job, PolicyVersion, RewardModelVersion
 from training.services import (
     SUBJECTS,
@@ -71,6 +72,7 @@ def default_pipeline_config() -> dict[str, Any]:
     from rlhf.evaluation import EvalConfig
     from rlhf.ppo import PPOConfig
     from rlhf.reward import RewardConfig
+    from training.benchmarks import report_card_defaults
 
     return {
         "snapshot": {"scope": "new", "include_imported": True},
@@ -86,7 +88,10 @@ def default_pipeline_config() -> dict[str, Any]:
         "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
                  "temperature": settings.TRAINING_GATE_TEMPERATURE, "samples_per_prompt": settings.TRAINING_GATE_SAMPLES,
                  "suites": list(settings.TRAINING_GATE_SUITES)},
-        "gate": gate_thresholds(),
+        # "suites": benchmark suites the candidate must not lose on, e.g. [{"suite": "mmlu", "metric": "acc",
+        # "tolerance": 0.02}] (training.benchmarks.validate_gate_suites); empty by default: the gate stays fast
+        "gate": {**gate_thresholds(), "suites": []},
+        "report_card": report_card_defaults(),
         "canary_share": settings.TRAINING_CANARY_SHARE,
         "auto_promote": settings.TRAINING_AUTO_PROMOTE,
     }
@@ -200,9 +205,13 @@ def validate_pipeline_config(config: dict) -> dict:
         raise TrainingError(f"invalid alt config for {full['algorithm']}: {exc}") from None
     try:
         EvalConfig.from_dict(full["eval"])
-        GateThresholds.from_dict(full["gate"])
+        GateThresholds.from_dict({k: v for k, v in full["gate"].items() if k != "suites"})
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"invalid config: {exc}") from None
+    from training.benchmarks import validate_gate_suites, validate_report_card
+
+    full["gate"]["suites"] = validate_gate_suites(full["gate"].get("suites"))
+    full["report_card"] = validate_report_card(full["report_card"])
     unknown = [s for s in full["subjects"] if s not in SUBJECTS]
     if unknown:
         raise TrainingError(f"unknown subjects {unknown}; expected some of {', '.join(SUBJECTS)}")
@@ -373,15 +382,29 @@ def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: Polic
 def step_evaluate(job: Job, rep: JobReporter) -> dict:
     """The gate: candidate vs the promoted version; a failing candidate is retired (the endpoint is untouched)."""
     from rlhf.evaluation import evaluate
+    from training import benchmarks
 
     pv = PolicyVersion.objects.select_related("reward_model").get(pk=job.config["policy_version_id"])
     baseline = current_promoted(pv.subject)
     rm = pv.reward_model
     if job.config.get("reward_model_id"):
         rm = RewardModelVersion.objects.get(pk=job.config["reward_model_id"])
+    gate = dict(job.config.get("gate") or gate_thresholds())
+    # benchmark suites the gate requires (checked before any model is loaded)
+    required = benchmarks.validate_gate_suites(gate.pop("suites", None))
+    if required:  # the fast gate fills the first 60 % of the bar, the required suites the rest
+        rep.scale = 0.6
     report = evaluate(base_model_path(), pv.path, baseline.path if baseline else None, pv.subject,
-                      reward_model_path=rm.path if rm else None, thresholds=job.config.get("gate") or gate_thresholds(),
+                      reward_model_path=rm.path if rm else None, thresholds=gate,
                       config=job.config.get("eval") or {}, callback=rep)
+    if required:
+        rep.offset, rep.scale = 0.6, 0.4
+        rows, failures = benchmarks.gate_check(job, rep, pv, baseline, required,
+                                               seed=int((job.config.get("eval") or {}).get("seed", 0)))
+        report["suites"].update(rows)
+        report["failures"] = list(report["failures"]) + failures
+        report["passed"] = bool(report["passed"]) and not failures
+        report["thresholds"] = {**report["thresholds"], "suites": required}
     er = EvaluationReport.objects.create(candidate=pv, baseline=baseline, reward_model=rm, job=job,
                                          passed=report["passed"], suites=report["suites"],
                                          thresholds=report["thresholds"], failures=report["failures"],
@@ -423,6 +446,8 @@ STEPS = {
     Job.Kind.PPO: step_ppo,
     Job.Kind.EVALUATE: step_evaluate,
     Job.Kind.DEPLOY: step_deploy,
+    # the report card of one version: not a pipeline stage, queued after deploy (training.benchmarks)
+    Job.Kind.BENCHMARKS: step_benchmarks,
 }
 
 
@@ -433,7 +458,7 @@ STEPS = {
 
 def _child_config(p: Job, **extra: Any) -> dict:
     keep = ("reward", "algorithm", "ppo", "alt", "ppo_prompts", "per_subject", "eval", "gate", "canary_share",
-            "auto_promote", "snapshot")
+            "auto_promote", "snapshot", "report_card")
     return {**{k: p.config[k] for k in keep if k in p.config}, **extra}
 
 
@@ -524,9 +549,14 @@ def advance(pipeline_id: int) -> str:
                     user=p.launched_by))
             nxt, message = "deploy", "deploying " + ", ".join(c.subject for c in passed)
         else:  # deploy
+            from training.benchmarks import queue_after_deploy
+
             deployed = {c.subject: c.result for c in ok}
+            # the full report card: its own jobs (not a stage), so the pipeline's verdict does not wait on it
+            cards = queue_after_deploy(p, [r["policy_version_id"] for r in deployed.values()])
             _finish_pipeline(p, Job.Status.SUCCEEDED, "deployed " + ", ".join(
-                f"{s} v{r['version']}" for s, r in deployed.items()), {"deployed": deployed})
+                f"{s} v{r['version']}" for s, r in deployed.items()), {
+                "deployed": deployed, "report_card_jobs": [j.pk for j in cards]})
             return "succeeded"
         Job.objects.filter(pk=p.pk).update(stage=nxt, message=message[:300], result=p.result or {},
                                            progress=round((STAGES.index(nxt)) / len(STAGES), 4),

@@ -286,3 +286,132 @@ def deployment_calls(dep: Deployment) -> list[dict[str, Any]]:
         attempts.append({"attempt": record.get("attempt"), "at": record.get("at", ""), "error": record.get("error", ""),
                          "failed_step": record.get("failed_step", ""), "calls": rows, "notes": notes})
     return attempts
+
+
+# ==================================================================================================
+# Report cards (the Benchmarks page and its API)
+# ==================================================================================================
+
+
+def report_cards(subject: str | None = None, version_id: int | None = None) -> list:
+    """Every stored report card, newest first, with its version (one query)."""
+    from training.models import BenchmarkReport
+
+    qs = BenchmarkReport.objects.select_related("policy_version").order_by("-id")
+    if subject:
+        qs = qs.filter(policy_version__subject=subject)
+    if version_id:
+        qs = qs.filter(policy_version_id=version_id)
+    return list(qs)
+
+
+def report_card_json(r) -> dict[str, Any]:
+    pv = r.policy_version
+    return {"id": r.pk, "policy_version": {"id": pv.pk, "subject": pv.subject, "version": pv.version,
+                                           "status": pv.status},
+            "job": r.job_id, "source": r.source, "created_at": r.created_at.isoformat(), "seconds": r.seconds,
+            "model": r.model, "config": r.config, "suites": r.suites}
+
+
+def _significance(a: dict, b: dict, metric: str, seed: int = 0) -> tuple[bool | None, str]:
+    """Is ``a``'s metric different from ``b``'s (the promoted version's)? (significant, method).
+
+    A paired bootstrap of the per-item scores when both runs stored them (``details.per_item[metric]``) on the
+    same data; else the 95 % intervals must not overlap (conservative: it misses some real differences).
+    """
+    if a.get("data_hash") and b.get("data_hash") and a["data_hash"] != b["data_hash"]:
+        return None, "different data"
+    ia = ((a.get("details") or {}).get("per_item") or {}).get(metric)
+    ib = ((b.get("details") or {}).get("per_item") or {}).get(metric)
+    if isinstance(ia, list) and isinstance(ib, list) and ia and len(ia) == len(ib):
+        try:
+            from rlhf.evals.stats import paired_bootstrap
+
+            res = paired_bootstrap(ia, ib, seed=seed)
+            return bool(res["ci_low"] > 0 or res["ci_high"] < 0), "paired bootstrap"
+        except (ImportError, ValueError, TypeError):
+            pass
+    ma, mb = (a.get("metrics") or {}).get(metric) or {}, (b.get("metrics") or {}).get(metric) or {}
+    lo_a, hi_a, lo_b, hi_b = ma.get("ci_low"), ma.get("ci_high"), mb.get("ci_low"), mb.get("ci_high")
+    if None in (lo_a, hi_a, lo_b, hi_b):
+        return None, "no interval"
+    return bool(hi_a < lo_b or hi_b < lo_a), "CI overlap"
+
+
+def benchmark_board(subject: str | None = None) -> list[dict[str, Any]]:
+    """Per subject: the versions with a report card side by side, suite by suite and metric by metric.
+
+    Each version shows, per suite, the latest stored run of that suite (a report card or a gate run);
+    deltas are against the subject's promoted version. Two queries whatever the number of versions.
+    """
+    from training.charts import suite_chart
+
+    cards = report_cards(subject)
+    promoted = {pv.subject: pv for pv in PolicyVersion.objects.filter(status=PolicyVersion.Status.PROMOTED)}
+    # subject → version id → suite → (result, report)
+    latest: dict[str, dict[int, dict[str, tuple[dict, Any]]]] = {}
+    versions: dict[int, PolicyVersion] = {}
+    for r in cards:  # newest first: the first seen run of a suite is the latest
+        pv = r.policy_version
+        versions[pv.pk] = pv
+        per = latest.setdefault(pv.subject, {}).setdefault(pv.pk, {})
+        for name, res in (r.suites or {}).items():
+            if isinstance(res, dict):
+                per.setdefault(name, (res, r))
+    board = []
+    for subj in SUBJECTS:
+        if subj not in latest:
+            continue
+        prom = promoted.get(subj)
+        cols = sorted((versions[i] for i in latest[subj]), key=lambda v: v.version)
+        base_id = prom.pk if prom is not None and prom.pk in latest[subj] else None
+        suite_names = sorted({s for per in latest[subj].values() for s in per})
+        suites = []
+        for name in suite_names:
+            cells = {pv.pk: latest[subj][pv.pk].get(name) for pv in cols}
+            base = cells.get(base_id) if base_id else None
+            metric_names: list[str] = []
+            for cell in cells.values():
+                if cell and cell[0].get("status") == "ok":
+                    metric_names += [m for m in (cell[0].get("metrics") or {}) if m not in metric_names]
+            rows = []
+            for m in metric_names:
+                row_cells = []
+                for pv in cols:
+                    cell = cells[pv.pk]
+                    res = cell[0] if cell else None
+                    entry: dict[str, Any] = {"pv": pv, "is_promoted": pv.pk == base_id}
+                    if res is None:
+                        entry["missing"] = "no run"
+                    elif res.get("status") != "ok":
+                        entry["missing"] = f"{'not run' if res.get('status') == 'not_run' else 'error'}"
+                    else:
+                        met = (res.get("metrics") or {}).get(m)
+                        if not isinstance(met, dict) or met.get("value") is None:
+                            entry["missing"] = "—"
+                        else:
+                            entry.update(value=met["value"], ci_low=met.get("ci_low"), ci_high=met.get("ci_high"),
+                                         n=met.get("n"))
+                            bres = base[0] if base else None
+                            bmet = ((bres or {}).get("metrics") or {}).get(m) if bres and \
+                                bres.get("status") == "ok" else None
+                            if bmet and bmet.get("value") is not None and pv.pk != base_id:
+                                entry["delta"] = met["value"] - bmet["value"]
+                                entry["delta_text"] = f"{entry['delta']:+.3f}"
+                                entry["significant"], entry["method"] = _significance(res, bres, m)
+                    row_cells.append(entry)
+                rows.append({"metric": m, "group": "/" in m, "cells": row_cells})
+            status = [{"pv": pv, "status": (cells[pv.pk][0].get("status") if cells[pv.pk] else None),
+                       "reason": (cells[pv.pk][0].get("reason") if cells[pv.pk] else ""),
+                       "n": (cells[pv.pk][0].get("n") if cells[pv.pk] else None),
+                       "seconds": (cells[pv.pk][0].get("seconds") if cells[pv.pk] else None),
+                       "data_hash": (cells[pv.pk][0].get("data_hash") or "" if cells[pv.pk] else ""),
+                       "report": cells[pv.pk][1] if cells[pv.pk] else None} for pv in cols]
+            top = [r for r in rows if not r["group"]]
+            suites.append({"name": name, "rows": top, "groups": [r for r in rows if r["group"]], "status": status,
+                           "any_ok": any(s["status"] == "ok" for s in status),
+                           "chart": suite_chart(name, [(pv, latest[subj][pv.pk].get(name)) for pv in cols],
+                                                [r["metric"] for r in top][:4])})
+        board.append({"subject": subj, "promoted": prom, "has_promoted_card": base_id is not None,
+                      "versions": cols, "suites": suites})
+    return board

@@ -703,7 +703,8 @@ def launch_step(kind: str, *, subject: str = "", config: dict | None = None, use
     if kind == Job.Kind.PIPELINE:
         return start_pipeline(config, user=user)
     needs = {Job.Kind.REWARD_MODEL: ["snapshot_id"], Job.Kind.PPO: ["reward_model_id"],
-             Job.Kind.EVALUATE: ["policy_version_id"], Job.Kind.DEPLOY: ["policy_version_id"]}.get(kind, [])
+             Job.Kind.EVALUATE: ["policy_version_id"], Job.Kind.DEPLOY: ["policy_version_id"],
+             Job.Kind.BENCHMARKS: ["policy_version_id"]}.get(kind, [])
     missing = [k for k in needs if not config.get(k)]
     if missing:
         raise TrainingError(f"a {kind} job needs {', '.join(missing)}")
@@ -713,7 +714,7 @@ def launch_step(kind: str, *, subject: str = "", config: dict | None = None, use
     sections = {k: v for k, v in config.items() if k in base}
     ids = {k: v for k, v in config.items() if k not in base}
     full = pipeline.validate_pipeline_config(sections)
-    if kind in (Job.Kind.EVALUATE, Job.Kind.DEPLOY):
+    if kind in (Job.Kind.EVALUATE, Job.Kind.DEPLOY, Job.Kind.BENCHMARKS):
         pv = PolicyVersion.objects.filter(pk=ids["policy_version_id"]).first()
         if pv is None:
             raise TrainingError(f"policy version {ids['policy_version_id']} does not exist", 404)
@@ -721,3 +722,11 @@ def launch_step(kind: str, *, subject: str = "", config: dict | None = None, use
     with transaction.atomic():
         job = create_job(kind, {**full, **ids}, subject=subject, user=user)
     return job
+
+
+def launch_report_card(version: PolicyVersion | int, *, suites: Any = "all", limit: Any = None, seed: Any = 0,
+                       user=None) -> Job:
+    """Run the report card (``rlhf.evals``) of any version on demand as a ``benchmarks`` job (checked first)."""
+    from training.benchmarks import launch_report_card as _launch
+
+    return _launch(version, suites=suites, limit=limit, seed=seed, user=user)

@@ -21,5 +21,8 @@ urlpatterns = [
     path("rollback/<slug:subject>/", views.rollback, name="rollback"),
     path("compare/", views.compare, name="compare"),
     path("schedule/", views.schedule, name="schedule"),
+    path("benchmarks/", views.benchmarks, name="benchmarks"),
+    path("benchmarks/run/", views.benchmarks_run, name="benchmarks-run"),
+    path("benchmarks/<slug:subject>/", views.benchmarks, name="benchmarks-subject"),
     path("sources/<slug:slug>/", views.feedback_source, name="feedback-source"),
 ]

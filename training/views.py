@@ -18,7 +18,7 @@ from tutor.roles import Role
 admin_only = role_required(Role.ADMIN)
 
 STEP_KINDS = [Job.Kind.PIPELINE, Job.Kind.SNAPSHOT, Job.Kind.REWARD_MODEL, Job.Kind.PPO, Job.Kind.EVALUATE,
-              Job.Kind.DEPLOY]
+              Job.Kind.DEPLOY, Job.Kind.BENCHMARKS]
 
 
 def _flash_error(request, exc: Exception) -> None:
@@ -221,3 +221,30 @@ def feedback_source(request, slug: str):
     except ValueError as exc:
         _flash_error(request, exc)
     return redirect("training:index")
+
+
+@admin_only
+def benchmarks(request, subject: str | None = None):
+    """Report cards side by side: per subject, per suite, every version's metrics with CI and the delta."""
+    if subject is not None and subject not in selectors.SUBJECTS:
+        raise Http404(f"unknown subject {subject!r}")
+    from training.benchmarks import report_card_defaults
+
+    return render(request, "training/benchmarks.html", {
+        "board": selectors.benchmark_board(subject), "subject": subject, "subjects": selectors.SUBJECTS,
+        "versions": selectors.versions(subject), "defaults": report_card_defaults()})
+
+
+@admin_only
+@require_POST
+def benchmarks_run(request):
+    """Run the report card of one version now (a ``benchmarks`` job)."""
+    try:
+        job = services.launch_report_card(request.POST.get("policy_version_id") or "",
+                                          suites=(request.POST.get("suites") or "all").strip(),
+                                          limit=request.POST.get("limit") or None, user=request.user)
+    except TrainingError as exc:
+        _flash_error(request, exc)
+        return redirect(request.POST.get("next") or "training:benchmarks")
+    messages.success(request, f"Started the report card of {job.subject} as job {job.pk}.")
+    return redirect("training:job", pk=job.pk)

@@ -103,7 +103,7 @@ def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantise(
+def _quantise(
     base: str | Path,
     out_dir: str | Path,
     config: QuantiseConfig | None = None,
@@ -251,6 +251,24 @@ def describe(path: str | Path) -> dict[str, Any]:
         return dict(read_manifest(path).get("optimise") or {})
     except Exception:  # noqa: BLE001 - not an artefact: a plain base
         return {}
+
+
+def quantise(base: str | Path, out_dir: str | Path, config: Any = None, callback: Callback | None = None, *,
+         adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None) -> dict[str, Any]:
+    """See `_quantise`; on any failure or `Cancelled` the variant and the adapters it wrote are removed."""
+    out = Path(out_dir)
+    existed = out.exists()
+    targets = [Path(adapters_out) / s / Path(p).name for s, p in (adapters or {}).items()] if adapters_out else []
+    pre = {t for t in targets if t.exists()}
+    try:
+        return _quantise(base, out, config, callback, adapters=adapters, adapters_out=adapters_out)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        for t in targets:
+            if t not in pre:
+                shutil.rmtree(t, ignore_errors=True)
+        raise
 
 
 __all__ = ["QuantiseConfig", "SCHEMES", "describe", "int8_per_channel", "load_quantised", "quantise"]

@@ -34,6 +34,7 @@ demo-model: install
 demo: seed demo-model
 	@$(BIN)/python -c "from serving.config import admin_token; admin_token()"  # web, worker and endpoint share it
 	@echo "Starting web (http://127.0.0.1:8000), Celery worker and beat, and the model endpoint. Ctrl-C stops all."
+	@echo "(one web process; to scale: honcho -f Procfile.prod start, WEB_CONCURRENCY workers, see docs/performance.md)"
 	$(BIN)/honcho -f Procfile start
 
 lint: install

@@ -1,24 +1,32 @@
-"""Labelers over HTTP: submissions/s and latency percentiles at 10 and 50 concurrent labelers.
+"""Labelers over HTTP: the old single-process web tier against the production one, in one run.
 
     psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE feedback_bench'      # once; a scratch database
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/feedback_bench .venv/bin/python benchmarks/labeling.py
-    ... labeling.py --levels 10 50 --submissions 600 --workers 1
+    ... labeling.py --levels 10 50 --submissions 600 --setups old new --web-concurrency 5 --seconds 60
 
-Set-up (not timed): the scratch database is flushed and migrated, ``--tasks`` tasks (K=4, overlap
-2) and one token-authenticated labeler per concurrent slot are created, and a real uvicorn web
-process (as in the Procfile; ``--workers`` processes) serves the app. Each simulated labeler
-loops POST /api/label/next/ → POST /api/label/tasks/<id>/submit/ (as the simulated labelers of
-the training loop do). Reported per level: submissions/s, p50/p99 of submit and of next, errors.
-Afterwards the rankings in the database are counted against the 201s the clients saw: zero lost.
-Target: p99 < 100 ms at 50 concurrent.
+Set-ups (each on a freshly flushed and seeded database, not timed):
+
+* ``old``: one uvicorn process (``uvicorn config.asgi:application``, the Procfile's ``web`` of today), no pool;
+* ``new``: gunicorn with ``--web-concurrency`` uvicorn workers and a psycopg pool of ``--pool`` connections
+  per worker (``config/gunicorn_conf.py``, Procfile.prod ``web-prod``).
+
+``--tasks`` tasks (K=4, overlap 2) and one token-authenticated labeler per concurrent slot are created.
+Each simulated labeler loops POST /api/label/next/ -> POST /api/label/tasks/<id>/submit/ (as the
+simulated labelers of the training loop do) until the level's ``--submissions`` are spent or
+``--seconds`` pass. Per level: submissions/s, p50/p99 of submit and of next, errors; afterwards the
+ranking ids the clients saw in 201s are checked against the database: lost (a 201 with no row),
+duplicated (two rows for one labeler and task) and over-labeled tasks (more rankings than overlap).
+The last table prints new/old ratios. Target: at 50 labelers p99 < 100 ms, >= 3x old submissions/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -27,12 +35,14 @@ import time
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
 def setup(var_dir: Path, n_tasks: int, n_labelers: int) -> list[tuple[int, str]]:
+    """Flush (PostgreSQL) and seed tasks + labelers; returns (user id, token) per labeler."""
     os.environ.setdefault("TUTOR_VAR_DIR", str(var_dir))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -59,6 +69,7 @@ def setup(var_dir: Path, n_tasks: int, n_labelers: int) -> list[tuple[int, str]]
         for i in range(n_labelers):
             user = create_user(username=f"bench-lab-{i}", password="x", role="labeler", validate_password=False)
             labelers.append((user.id, Token.objects.create(user=user).key))
+    connection.close()
     return labelers
 
 
@@ -68,14 +79,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_web(workers: int) -> tuple[subprocess.Popen, str]:
+def web_command(setup_name: str, port: int, workers: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of one set-up."""
+    if setup_name == "old":
+        return ([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                 str(port), "--no-access-log", "--log-level", "warning"], {"DB_POOL_MAX_SIZE": "0"})
+    return ([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py", "config.asgi:application"],
+            {"WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers), "WEB_LOG_LEVEL": "warning"})
+
+
+def start_web(setup_name: str, workers: int, pool: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "FEEDBACK_GOLD_RATE": "0", "DEBUG": "true", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-           "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    cmd, extra = web_command(setup_name, port, workers)
+    env = {**os.environ, "FEEDBACK_GOLD_RATE": "0", "DEBUG": "true", "PYTHONUNBUFFERED": "1",
+           "DB_POOL_MAX_SIZE": str(pool), **extra}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/accounts/login/", timeout=2).status_code == 200:
@@ -85,8 +105,16 @@ def start_web(workers: int) -> tuple[subprocess.Popen, str]:
         if proc.poll() is not None:
             raise RuntimeError("the web process exited")
         time.sleep(0.2)  # polling while the server boots
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError("the web process did not start")
+
+
+def stop_web(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -96,11 +124,17 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 
 
-async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], stats: dict) -> None:
+async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadline: float, stats: dict,
+                  bar: tqdm) -> None:
     headers = {"Authorization": f"Token {token}"}
-    while quota[0] > 0:
+    rnd = random.Random(token)
+    while quota[0] > 0 and time.monotonic() < deadline:
         t0 = time.perf_counter()
-        r = await client.post("/api/label/next/", headers=headers)
+        try:
+            r = await client.post("/api/label/next/", headers=headers)
+        except httpx.TransportError as exc:  # counted, and the labeler carries on (its lease resumes)
+            stats["errors"].append(f"next {type(exc).__name__}")
+            continue
         stats["next"].append(time.perf_counter() - t0)
         if r.status_code != 200:
             stats["errors"].append(f"next {r.status_code}")
@@ -110,62 +144,104 @@ async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], stats
             return
         quota[0] -= 1
         ids = [c["id"] for c in task["completions"]]
-        random.shuffle(ids)
+        rnd.shuffle(ids)
         body = {"order": [[i] for i in ids], "ratings": {str(ids[0]): {"helpfulness": 6}}}
         t0 = time.perf_counter()
-        r = await client.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body, headers=headers)
+        try:
+            r = await client.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body, headers=headers)
+        except httpx.TransportError as exc:  # no answer seen: not counted as stored (nor as lost)
+            stats["errors"].append(f"submit {type(exc).__name__}")
+            continue
         stats["submit"].append(time.perf_counter() - t0)
         if r.status_code == 201:
-            stats["created"] += 1
+            stats["created"].append(r.json()["ranking"]["ranking_id"])
+            bar.update()
         else:
             stats["errors"].append(f"submit {r.status_code}: {r.text[:120]}")
 
 
-async def run_level(url: str, tokens: list[str], submissions: int) -> dict:
-    stats = {"next": [], "submit": [], "errors": [], "created": 0}
+async def run_level(url: str, tokens: list[str], submissions: int, seconds: float, label: str) -> dict:
+    stats = {"next": [], "submit": [], "errors": [], "created": []}
     quota = [submissions]
     limits = httpx.Limits(max_connections=len(tokens) + 5, max_keepalive_connections=len(tokens) + 5)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(labeler(client, tok, quota, stats) for tok in tokens))
-        stats["wall"] = time.perf_counter() - t0
+    with tqdm(total=submissions, desc=label, unit="sub", leave=False) as bar:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            t0 = time.perf_counter()
+            deadline = time.monotonic() + seconds
+            await asyncio.gather(*(labeler(client, tok, quota, deadline, stats, bar) for tok in tokens))
+            stats["wall"] = time.perf_counter() - t0
     return stats
+
+
+def integrity(created_ids: list[int]) -> dict:
+    """Lost / duplicated / over-labeled, from the database against what the clients saw."""
+    from django.db.models import Count, F
+
+    from feedback.models import ComparisonTask, Ranking
+
+    stored = set(Ranking.objects.values_list("id", flat=True))
+    dup = (Ranking.objects.values("labeler", "task").annotate(n=Count("id")).filter(n__gt=1).count())
+    over = ComparisonTask.objects.annotate(n=Count("rankings")).filter(n__gt=F("overlap")).count()
+    return {"seen": len(created_ids), "stored": len(stored), "lost": len(set(created_ids) - stored),
+            "duplicated": dup + (len(created_ids) - len(set(created_ids))), "over_labeled": over}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", type=int, nargs="+", default=[10, 50])
-    ap.add_argument("--submissions", type=int, default=600, help="submissions per level")
+    ap.add_argument("--submissions", type=int, default=600, help="submissions per level (at most)")
+    ap.add_argument("--seconds", type=float, default=60, help="time cap per level")
     ap.add_argument("--tasks", type=int, default=1500)
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (the Procfile runs 1)")
+    ap.add_argument("--setups", nargs="+", choices=["old", "new"], default=["old", "new"])
+    ap.add_argument("--web-concurrency", type=int, default=None,
+                    help="gunicorn workers of the new set-up (default: config/gunicorn_conf.py's 2 x cores + 1)")
+    ap.add_argument("--pool", type=int, default=4, help="psycopg pool size per worker (new set-up)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-labeling-") as tmp:
-        labelers = setup(Path(tmp), args.tasks, sum(args.levels))
-        import logging
+    from config.gunicorn_conf import default_workers
 
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    workers = args.web_concurrency or default_workers()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    results: dict[tuple[str, int], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-labeling-") as tmp:
+        for name in args.setups:
+            labelers = setup(Path(tmp), args.tasks, sum(args.levels))
+            from django.db import connection
+
+            desc = "1 uvicorn process, no pool" if name == "old" else \
+                f"gunicorn, {workers} uvicorn workers, pool {args.pool}/worker"
+            print(f"== {name}: {desc}; database {connection.vendor}; cpus {os.cpu_count()}; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            proc, url = start_web(name, workers, args.pool if name == "new" else 0)
+            created: list[int] = []
+            try:
+                offset = 0
+                for level in args.levels:
+                    tokens = [tok for _, tok in labelers[offset:offset + level]]
+                    offset += level
+                    s = asyncio.run(run_level(url, tokens, args.submissions, args.seconds, f"{name} x{level}"))
+                    created += s["created"]
+                    s["rate"] = len(s["created"]) / s["wall"]
+                    results[(name, level)] = s
+                    print(f"{level:3d} labelers: {s['rate']:7.1f} submissions/s | submit p50 "
+                          f"{pct(s['submit'], 50):6.1f} ms p99 {pct(s['submit'], 99):7.1f} ms | next p50 "
+                          f"{pct(s['next'], 50):6.1f} ms p99 {pct(s['next'], 99):7.1f} ms | "
+                          f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
+                          f"{s['errors'][:2]}", flush=True)
+            finally:
+                stop_web(proc)
+            check = integrity(created)
+            print(f"   integrity: clients saw {check['seen']} created, database holds {check['stored']}; "
+                  f"lost {check['lost']}, duplicated {check['duplicated']}, over-labeled tasks "
+                  f"{check['over_labeled']}", flush=True)
+        if {"old", "new"} <= set(args.setups):
+            print("== new / old (same run)")
+            for level in args.levels:
+                o, n = results[("old", level)], results[("new", level)]
+                print(f"{level:3d} labelers: submissions/s x{n['rate'] / o['rate']:.2f} | submit p99 "
+                      f"{pct(o['submit'], 99):.0f} -> {pct(n['submit'], 99):.0f} ms | next p99 "
+                      f"{pct(o['next'], 99):.0f} -> {pct(n['next'], 99):.0f} ms")
         from django.db import connection
 
-        from feedback.models import Ranking
-
-        print(f"database: {connection.vendor}; web workers: {args.workers}; cpus: {os.cpu_count()}")
-        proc, url = start_web(args.workers)
-        try:
-            offset, seen_created = 0, 0
-            for level in args.levels:
-                tokens = [tok for _, tok in labelers[offset:offset + level]]
-                offset += level
-                s = asyncio.run(run_level(url, tokens, args.submissions))
-                seen_created += s["created"]
-                print(f"{level:3d} labelers: {s['created'] / s['wall']:7.1f} submissions/s | submit p50 "
-                      f"{pct(s['submit'], 50):6.1f} ms p99 {pct(s['submit'], 99):6.1f} ms | next p50 "
-                      f"{pct(s['next'], 50):6.1f} ms p99 {pct(s['next'], 99):6.1f} ms | {s['created']} stored, "
-                      f"{len(s['errors'])} errors {s['errors'][:2]}")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-        stored = Ranking.objects.count()
-        print(f"lost: {seen_created - stored} (clients saw {seen_created} created, database holds {stored})")
         if connection.vendor == "postgresql":
             from django.core.management import call_command
 

@@ -61,10 +61,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.RequestIDMiddleware",
+    "config.middleware.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "config.middleware.AuthRateLimitMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -93,6 +96,21 @@ TEMPLATES = [
 # --- database -------------------------------------------------------------------------------
 DATABASES = {"default": database_config("DATABASE_URL", VAR_DIR / "db.sqlite3")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", int_var("DB_CONN_MAX_AGE", 0, minimum=0))
+# PostgreSQL connection pool per process (psycopg_pool through Django's OPTIONS["pool"]); 0 = off. The web
+# tier sets it (Procfile web-prod, docker-compose): an ASGI process runs its sync views on one thread, so
+# 4 connections cover it plus async streams; WEB_CONCURRENCY x DB_POOL_MAX_SIZE (+ Celery) must stay below
+# PostgreSQL's max_connections (100): 5 workers x 4 = 20. See docs/performance.md.
+DB_POOL_MAX_SIZE = int_var("DB_POOL_MAX_SIZE", 0, minimum=0)
+if DB_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        from config.env import SettingError
+
+        raise SettingError("DB_CONN_MAX_AGE must be 0 when DB_POOL_MAX_SIZE is set (the pool keeps connections)")
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(int_var("DB_POOL_MIN_SIZE", 1, minimum=0), DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": float_var("DB_POOL_TIMEOUT", 10.0, lo=0.1, hi=600),
+    }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL + a busy timeout let the web, worker and beat processes share one SQLite file.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -137,6 +155,21 @@ if DEBUG:
     os.makedirs(STATIC_ROOT, exist_ok=True)  # whitenoise warns about a missing root
 MEDIA_ROOT = VAR_DIR / "media"
 DATA_UPLOAD_MAX_MEMORY_SIZE = int_var("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # uploads beyond 2.5 MB spill to a temporary file
+
+# --- abuse limits (config/middleware.py, docs/security.md) -------------------------------------
+# any request body beyond this is refused with 413 before it is read (the largest legitimate body is an
+# import file of FEEDBACK_MAX_IMPORT_BYTES, set below; the default leaves room for its multipart envelope)
+TUTOR_MAX_REQUEST_BYTES = int_var("TUTOR_MAX_REQUEST_BYTES", 0, minimum=0)  # 0: derived, see the feedback block
+# failed sign-ins (login form, /api/auth/token/) per window: per client address + username, and per address
+TUTOR_AUTH_WINDOW_SECONDS = int_var("TUTOR_AUTH_WINDOW_SECONDS", 300, minimum=1)
+TUTOR_AUTH_MAX_PER_USERNAME = int_var("TUTOR_AUTH_MAX_PER_USERNAME", 10, minimum=1)
+TUTOR_AUTH_MAX_PER_ADDRESS = int_var("TUTOR_AUTH_MAX_PER_ADDRESS", 50, minimum=1)
+TUTOR_SIGNUP_MAX_PER_ADDRESS = int_var("TUTOR_SIGNUP_MAX_PER_ADDRESS", 20, minimum=1)
+TUTOR_RATELIMIT_CACHE = "default"
+# behind a reverse proxy that sets X-Forwarded-For, its first hop is the client address
+TUTOR_TRUST_X_FORWARDED_FOR = bool_var("TUTOR_TRUST_X_FORWARDED_FOR", False)
 
 # --- security (production) -------------------------------------------------------------------
 if not DEBUG:
@@ -256,6 +289,7 @@ FEEDBACK_TEMPERATURE = float_var("FEEDBACK_TEMPERATURE", 1.0, lo=0.0, hi=5.0)
 FEEDBACK_SEED = int_var("FEEDBACK_SEED", 0, minimum=0)
 FEEDBACK_GOLD_RATE = float_var("FEEDBACK_GOLD_RATE", 0.1, lo=0.0, hi=1.0)
 FEEDBACK_MAX_IMPORT_BYTES = int_var("FEEDBACK_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1024)
+TUTOR_MAX_REQUEST_BYTES = TUTOR_MAX_REQUEST_BYTES or FEEDBACK_MAX_IMPORT_BYTES + 1024 * 1024
 # sources of preference pairs snapshots may take (the hard switch; admins switch each off in the studio too):
 # labeler rankings, imported pairs, students' thumbs and regenerations (feedback/implicit.py, docs/labeling.md)
 FEEDBACK_SOURCES = list_var("FEEDBACK_SOURCES", ["labeler", "imported", "thumbs", "regeneration"])
@@ -342,8 +376,9 @@ if TUTOR_DEPLOY_TARGET == "sagemaker" and not (TUTOR_S3_BUCKET and TUTOR_SAGEMAK
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "config.request_id.RequestIDFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

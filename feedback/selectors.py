@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, Func, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from feedback.models import (
     Assignment,
     ComparisonTask,
+    Completion,
     DatasetSnapshot,
     Guidelines,
     ImportBatch,
@@ -38,13 +39,16 @@ def task_payload(assignment: Assignment) -> dict:
 
     No student identity, no adapter version (it would bias the ranking)."""
     task = assignment.task
-    texts = dict(task.completions.values_list("id", "text"))
-    prompt = task.prompt
+    # completions and the prompt in one query (the prompt's columns repeat on each of the K rows)
+    rows = list(Completion.objects.filter(task_id=task.id).values_list("id", "text", "task__prompt__text",
+                                                                       "task__prompt__context"))
+    texts = {cid: text for cid, text, _, _ in rows}
+    prompt_text, context = (rows[0][2], rows[0][3]) if rows else (task.prompt.text, task.prompt.context)
     return {
         "task_id": task.id,
         "subject": task.subject,
-        "prompt": prompt.text,
-        "context": [{"role": t.get("role", "user"), "content": t.get("content", "")} for t in prompt.context],
+        "prompt": prompt_text,
+        "context": [{"role": t.get("role", "user"), "content": t.get("content", "")} for t in context or []],
         "completions": [{"id": cid, "label": chr(ord("A") + i), "text": texts[cid]}
                         for i, cid in enumerate(assignment.shown_order) if cid in texts],
         "lease_expires_at": assignment.expires_at.isoformat(),
@@ -71,19 +75,38 @@ def queue_size(labeler) -> int:
     return max(0, open_tasks.count() - seen.count())
 
 
+def _count(qs) -> Coalesce:
+    """``(SELECT COUNT(id) FROM ... WHERE ...)`` as a scalar subquery (no GROUP BY)."""
+    return Coalesce(Subquery(qs.order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1]), 0)
+
+
 def progress(labeler) -> dict:
-    """Done today / in total, skips, and how many tasks are still in this labeler's queue."""
+    """Done today / in total, skips, and how many tasks are still in this labeler's queue.
+
+    Sent with every next/submit/skip answer, so it is ONE query (scalar subqueries on the user's
+    row) instead of five: under load each round trip to the database costs more than the SQL."""
     start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    done = Ranking.objects.filter(labeler=labeler).aggregate(
-        today=Count("id", filter=Q(created_at__gte=start)), total=Count("id"))
-    stats = LabelerStats.objects.filter(labeler=labeler).first()
+    mine = Ranking.objects.filter(labeler=OuterRef("pk"))
+    stats = LabelerStats.objects.filter(labeler=OuterRef("pk"))
+    row = (get_user_model().objects.filter(pk=labeler.pk).annotate(
+        done_today=_count(mine.filter(created_at__gte=start)),
+        done_total=_count(mine),
+        skipped=_count(Assignment.objects.filter(labeler=OuterRef("pk"), status=Assignment.Status.SKIPPED)),
+        open_tasks=_count(ComparisonTask.objects.filter(state=ComparisonTask.State.OPEN, is_gold=False)),
+        seen_open=_count(Assignment.objects.filter(labeler=OuterRef("pk"), task__state=ComparisonTask.State.OPEN,
+                                                   task__is_gold=False)),
+        reliability=Subquery(stats.values("reliability")[:1]),
+        gold_accuracy=Subquery(stats.values("gold_accuracy")[:1]),
+    ).values("done_today", "done_total", "skipped", "open_tasks", "seen_open", "reliability", "gold_accuracy")
+        .first()) or {}
+    reliability = row.get("reliability")
     return {
-        "done_today": done["today"],
-        "done_total": done["total"],
-        "skipped": Assignment.objects.filter(labeler=labeler, status=Assignment.Status.SKIPPED).count(),
-        "in_queue": queue_size(labeler),
-        "reliability": stats.reliability if stats else 1.0,
-        "gold_accuracy": stats.gold_accuracy if stats else None,
+        "done_today": row.get("done_today", 0),
+        "done_total": row.get("done_total", 0),
+        "skipped": row.get("skipped", 0),
+        "in_queue": max(0, row.get("open_tasks", 0) - row.get("seen_open", 0)),
+        "reliability": 1.0 if reliability is None else reliability,
+        "gold_accuracy": row.get("gold_accuracy"),
     }
 
 

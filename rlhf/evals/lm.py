@@ -111,23 +111,34 @@ class EvalModel:
                       share_prefix: bool | None = None, progress: Any = None) -> list[tuple[float, bool]]:
         """(sum log P(continuation | context), continuation is the greedy one) for each pair.
 
-        `share_prefix` (default: when some context repeats) runs each distinct context once and
-        reuses its KV cache for all its continuations. `progress(n_done)` is called after each batch.
+        Pairs whose model input is identical share one row (one-token choices of a question).
+        `share_prefix` runs a repeated context once and reuses its KV cache for all its
+        continuations: True for every repeated context, False never, None (default) where the
+        context has a continuation of several tokens (where it saves work; measured in
+        benchmarks/evaluation.py). `progress(n_done)` is called after each batch.
         """
         started = time.monotonic()
         encoded = [self.encode_pair(c, x) for c, x in pairs]
         for i, (_, cont) in enumerate(encoded):
             if not cont:
                 raise ValueError(f"pair {i} has an empty continuation: nothing to score")
-        if share_prefix is None:
-            share_prefix = len({tuple(c) for c, _ in encoded}) < len(encoded)
-        if share_prefix:
-            out = self._score_shared(encoded, batch_size, progress)
-        else:
-            out = self._score_batched(encoded, batch_size, progress)
+        multi: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, _cont) in enumerate(encoded):
+            multi.setdefault(tuple(ctx), []).append(i)
+        shared: list[int] = []
+        if share_prefix is not False:  # None: where a context has several choices and one spans tokens
+            for members in multi.values():
+                if len(members) > 1 and (share_prefix or any(len(encoded[i][1]) > 1 for i in members)):
+                    shared.extend(members)
+        rest = sorted(set(range(len(encoded))) - set(shared))
+        out: list[tuple[float, bool] | None] = [None] * len(encoded)
+        for part, fn in ((shared, self._score_shared), (rest, self._score_batched)):
+            if part:
+                for i, r in zip(part, fn([encoded[i] for i in part], batch_size, progress), strict=True):
+                    out[i] = r
         self.usage.ll_pairs += len(pairs)
         self.usage.ll_seconds += time.monotonic() - started
-        return out
+        return [r for r in out if r is not None]
 
     def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], int]:
         """The model input (context + continuation)[:-1], cut from the left to the window, and
@@ -149,26 +160,33 @@ class EvalModel:
 
     def _score_batched(self, encoded: list[tuple[list[int], list[int]]], batch_size: int,
                        progress: Any) -> list[tuple[float, bool]]:
-        """lm-eval's way: each pair is its own right-padded row; longest first (less padding)."""
+        """lm-eval's way: right-padded rows of (context + continuation)[:-1], longest first; pairs
+        whose model input is identical (e.g. the one-token choices " A".." D" of a question) share
+        one row, as lm-eval's context grouping does."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+        rows = [self._truncate(*e) for e in encoded]
+        unique: dict[tuple[int, ...], list[int]] = {}
+        for i, (inp, _) in enumerate(rows):
+            unique.setdefault(tuple(inp), []).append(i)
+        keys = sorted(unique, key=lambda k: -len(k))
         results: list[tuple[float, bool] | None] = [None] * len(encoded)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            rows = [self._truncate(*encoded[i]) for i in idx]
-            width = max(len(r[0]) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, (inp, _) in enumerate(rows):
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start:start + batch_size]
+            width = len(chunk[0])
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for b, inp in enumerate(chunk):
                 ids[b, :len(inp)] = torch.tensor(inp)
                 mask[b, :len(inp)] = 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             self.usage.ll_tokens += int(mask.sum())
-            scored = self._score_rows(logits, rows, [encoded[i][1] for i in idx], [0] * len(idx))
-            for i, s in zip(idx, scored, strict=True):
-                results[i] = s
+            members = [(b, i) for b, k in enumerate(chunk) for i in unique[k]]
+            scored = self._score_rows(logits[[b for b, _ in members]], [rows[i] for _, i in members],
+                                      [encoded[i][1] for _, i in members], [0] * len(members))
+            for (_, i), sc in zip(members, scored, strict=True):
+                results[i] = sc
             if progress:
-                progress(len(idx))
+                progress(len(members))
         return [r for r in results if r is not None]
 
     def _score_shared(self, encoded: list[tuple[list[int], list[int]]], batch_size: int,

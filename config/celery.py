@@ -62,3 +62,52 @@ def _share_the_cores(**_: object) -> None:
     except ImportError:  # a worker without the ML stack
         return
     torch.set_num_threads(threads)
+
+
+@signals.before_task_publish.connect
+def _send_request_id(headers: dict | None = None, **_: object) -> None:
+    """A task sent while serving a request (or another task) carries its X-Request-ID as a header."""
+    from config import request_id
+
+    rid = request_id.get()
+    if rid and headers is not None and "request_id" not in headers:
+        headers["request_id"] = rid
+
+
+@signals.task_prerun.connect
+def _receive_request_id(task=None, **_: object) -> None:
+    """The worker's log lines and endpoint calls for this task show the id it was sent with (or a new one)."""
+    from config import request_id
+
+    rid = request_id.clean(getattr(task.request, "request_id", None)) if task is not None else None
+    request_id.set(rid or request_id.new())
+
+
+@signals.task_postrun.connect
+def _forget_request_id(**_: object) -> None:
+    from config import request_id
+
+    request_id.set(None)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_request_id(logger=None, **_: object) -> None:
+    """Celery sets up its own handlers: give them the request id too."""
+    import logging
+
+    from config.request_id import RequestIDFilter
+
+    for handler in getattr(logger, "handlers", []):
+        handler.addFilter(RequestIDFilter())
+        fmt = getattr(handler.formatter, "_fmt", None) or "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+        if "%(request_id)s" not in fmt:
+            handler.setFormatter(logging.Formatter(fmt.replace("%(message)s", "[%(request_id)s] %(message)s")))
+
+
+@app.task(name="config.request_id_probe", ignore_result=False)
+def request_id_probe() -> str | None:
+    """The request id the worker sees for this task (the request-id test sends one)."""
+    from config import request_id
+
+    return request_id.get()

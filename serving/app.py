@@ -472,6 +472,40 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
     return error(405, f"{request.method} is not allowed on {request.url.path}")
 
 
+class RequestIDMiddleware:
+    """Echo the caller's ``X-Request-ID`` (the web tier and Celery send theirs) and log it: every admin
+    call and every failed request at INFO, the rest at DEBUG (a log line per token stream costs TTFT)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
+        rid = rid if rid and len(rid) <= 64 and rid.replace("-", "").replace(".", "").replace(":", "").replace(
+            "_", "").isalnum() else ""
+        status = {}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                if rid:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            code = status.get("code", 500)
+            admin = scope.get("path", "").startswith("/admin/")
+            level = logging.INFO if admin or code >= 400 else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "%s %s %s [request %s]", scope.get("method"), scope.get("path"), code, rid or "-")
+
+
 def create_app(state: Any) -> Starlette:
     routes = [
         Route("/ping", ping, methods=["GET"]),
@@ -485,4 +519,5 @@ def create_app(state: Any) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed},
                     lifespan=state.lifespan)
     app.state.endpoint = state
+    app.add_middleware(RequestIDMiddleware)
     return app

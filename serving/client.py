@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -82,11 +82,19 @@ class EndpointClient:
     """Synchronous client (httpx)."""
 
     def __init__(self, url: str | None = None, admin_token: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 0.2):
+                 retries: int = 3, backoff: float = 0.2, extra_headers: Callable[[], dict[str, str]] | None = None):
         self.url = (url or default_url()).rstrip("/")
         self.admin_token = admin_token if admin_token is not None else read_admin_token()
         self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        # extra_headers: computed per request (the caller's X-Request-ID), so one client serves many requests
+        self._extra_headers = extra_headers
+        hooks = {"request": [self._add_headers]} if extra_headers else {}
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+                                  event_hooks=hooks)
+
+    def _add_headers(self, request: httpx.Request) -> None:
+        for key, value in (self._extra_headers() or {}).items():
+            request.headers.setdefault(key, value)
 
     def close(self) -> None:
         self._http.close()
@@ -166,12 +174,19 @@ class AsyncEndpointClient:
     """Asynchronous client (httpx.AsyncClient); the same methods as `EndpointClient`, awaitable."""
 
     def __init__(self, url: str | None = None, admin_token: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 0.2, max_connections: int = 256):
+                 retries: int = 3, backoff: float = 0.2, max_connections: int = 256,
+                 extra_headers: Callable[[], dict[str, str]] | None = None):
         self.url = (url or default_url()).rstrip("/")
         self.admin_token = admin_token if admin_token is not None else read_admin_token()
         self.retries, self.backoff = retries, backoff
+        self._extra_headers = extra_headers
+        hooks = {"request": [self._add_headers]} if extra_headers else {}
         self._http = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-                                       limits=httpx.Limits(max_connections=max_connections))
+                                       limits=httpx.Limits(max_connections=max_connections), event_hooks=hooks)
+
+    async def _add_headers(self, request: httpx.Request) -> None:
+        for key, value in (self._extra_headers() or {}).items():
+            request.headers.setdefault(key, value)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from config import request_id
 from tutor import selectors, services
 from tutor.models import Message, Rating, Subject
 from tutor.permissions import IsStudent
@@ -96,7 +97,10 @@ def stream_format(request) -> str | None:
 
 
 def streaming_response(reply_to: Message, fmt: str, first: dict) -> StreamingHttpResponse:
+    rid = request_id.get()  # the body runs after the middleware returned: carry the request id into it
+
     async def body():
+        request_id.set(rid)  # the task that drives this body serves this one request (no reset needed)
         yield services.encode_event(first, fmt)
         async for event in services.stream_answer(reply_to):
             yield services.encode_event(event, fmt)

@@ -30,6 +30,14 @@ def _admin_token() -> str | None:
 admin_token = _admin_token  # public name (training/ deploys with it)
 
 
+def request_id_headers() -> dict[str, str]:
+    """``X-Request-ID`` of the web request or Celery task being served (config.request_id), if any."""
+    from config import request_id
+
+    rid = request_id.get()
+    return {request_id.HEADER: rid} if rid else {}
+
+
 def _sagemaker() -> bool:
     return getattr(settings, "TUTOR_DEPLOY_TARGET", "local") == "sagemaker"
 
@@ -48,6 +56,7 @@ def get_client(timeout: float | None = None):
         settings.TUTOR_ENDPOINT_URL,
         admin_token=_admin_token(),
         timeout=timeout or settings.TUTOR_ENDPOINT_TIMEOUT,
+        extra_headers=request_id_headers,
     )
 
 
@@ -63,6 +72,7 @@ def get_async_client(timeout: float | None = None):
         settings.TUTOR_ENDPOINT_URL,
         admin_token=_admin_token(),
         timeout=timeout or settings.TUTOR_ENDPOINT_TIMEOUT,
+        extra_headers=request_id_headers,
     )
 
 

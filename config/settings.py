@@ -54,12 +54,14 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "django_prometheus",
     "tutor",
     "feedback",
     "training",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # /metrics (config/metrics.py)
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.RequestIDMiddleware",
     "config.middleware.RequestSizeLimitMiddleware",
@@ -71,6 +73,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -170,6 +173,8 @@ TUTOR_SIGNUP_MAX_PER_ADDRESS = int_var("TUTOR_SIGNUP_MAX_PER_ADDRESS", 20, minim
 TUTOR_RATELIMIT_CACHE = "default"
 # behind a reverse proxy that sets X-Forwarded-For, its first hop is the client address
 TUTOR_TRUST_X_FORWARDED_FOR = bool_var("TUTOR_TRUST_X_FORWARDED_FOR", False)
+# /metrics: with a token, scrapers send Authorization: Bearer <token>; without one, loopback only
+TUTOR_METRICS_TOKEN = env.str("TUTOR_METRICS_TOKEN", default="") or None
 
 # --- security (production) -------------------------------------------------------------------
 if not DEBUG:

@@ -4,10 +4,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from config import metrics
 from tutor import health, views_auth
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="prometheus-django-metrics"),
     path("", views_auth.home, name="home"),
     path("accounts/", include("tutor.urls_accounts")),
     path("admin/", admin.site.urls),

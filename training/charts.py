@@ -6,6 +6,7 @@ without it), and a few dozen rectangles need no charting library. Pure Python: n
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 from typing import Any
 
@@ -16,7 +17,10 @@ PROMOTED, OTHER = "#2f6f4f", "#5b7fb8"
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    """Three decimals rounded half up, as the table's ``floatformat:3`` shows them (large numbers: whole)."""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return str(Decimal(repr(v)).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
 
 
 def _panel(metric: str, bars: list[dict[str, Any]], x0: int) -> list[str]:

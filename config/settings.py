@@ -317,6 +317,20 @@ TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
 TRAINING_SCHEDULE_SECONDS = int_var("TRAINING_SCHEDULE_SECONDS", 60, minimum=1)
 TRAINING_CANARY_SHARE = float_var("TRAINING_CANARY_SHARE", 0.1, lo=0.0, hi=1.0)
 TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
+# the canary's bake (training/canary.py, docs/studio.md): it serves its share at least this long AND until it wrote
+# this many answers, then is promoted unless a live signal is worse than the promoted version's by more than its
+# margin (then rolled back). After TRAINING_CANARY_MAX_SECONDS (0: never) it is judged on what it has.
+TRAINING_CANARY_MIN_SECONDS = float_var("TRAINING_CANARY_MIN_SECONDS", 300.0, lo=0.0, hi=30 * 86400)
+TRAINING_CANARY_MIN_ANSWERS = int_var("TRAINING_CANARY_MIN_ANSWERS", 20, minimum=0)
+TRAINING_CANARY_MAX_SECONDS = float_var("TRAINING_CANARY_MAX_SECONDS", 1800.0, lo=0.0, hi=30 * 86400)
+# margins: canary rate minus promoted rate (thumbs-down, regenerations, endpoint errors per answer), and the
+# median latency's relative increase (0.5: the canary may be up to 1.5 × slower)
+TRAINING_CANARY_MARGIN_THUMBS_DOWN = float_var("TRAINING_CANARY_MARGIN_THUMBS_DOWN", 0.05, lo=0.0, hi=1.0)
+TRAINING_CANARY_MARGIN_REGENERATION = float_var("TRAINING_CANARY_MARGIN_REGENERATION", 0.05, lo=0.0, hi=1.0)
+TRAINING_CANARY_MARGIN_ERRORS = float_var("TRAINING_CANARY_MARGIN_ERRORS", 0.02, lo=0.0, hi=1.0)
+TRAINING_CANARY_MARGIN_LATENCY = float_var("TRAINING_CANARY_MARGIN_LATENCY", 0.5, lo=0.0, hi=100.0)
+# how often beat runs the canary watch (training.watch_canaries)
+TRAINING_CANARY_CHECK_SECONDS = int_var("TRAINING_CANARY_CHECK_SECONDS", 30, minimum=1)
 # seconds between a job's progress/metrics writes (every step is kept; writes are batched)
 TRAINING_PROGRESS_INTERVAL = float_var("TRAINING_PROGRESS_INTERVAL", 1.0, lo=0.0, hi=60)
 TUTOR_DEPLOY_TARGET = env.str("TUTOR_DEPLOY_TARGET", default="local")

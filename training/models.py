@@ -253,3 +253,41 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.action} {self.subject}: v{self.promoted.version}" + (
             f" + v{self.candidate.version} at {self.candidate_share:.0%}" if self.candidate_id else "")
+
+
+class CanaryWatch(models.Model):
+    """A canary's bake: its live signals against the promoted version's, and the verdict.
+
+    Why a row: the decision (promote, or roll back and why) must survive restarts and be shown while it
+    bakes; ``training.canary.check_canaries`` (a beat task) re-reads every baking row.
+    """
+
+    class Status(models.TextChoices):
+        BAKING = "baking"
+        PASSED = "passed", "passed (awaiting an admin)"
+        PROMOTED = "promoted"
+        ROLLED_BACK = "rolled_back", "rolled back"
+        ENDED = "ended", "ended (superseded)"
+
+    subject = models.CharField(max_length=32, choices=SUBJECT_CHOICES)
+    candidate = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="canary_watches")
+    baseline = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="+")
+    share = models.FloatField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.BAKING, db_index=True)
+    config = models.JSONField(default=dict, help_text="the bake: min/max seconds, min answers, margins")
+    auto_promote = models.BooleanField(default=True, help_text="promote when the bake passes (else wait for an admin)")
+    pipeline = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="canary_watches")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField()
+    checked_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comparison = models.JSONField(default=dict, blank=True, help_text="the signals at the last check")
+    reason = models.TextField(blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"canary {self.candidate} vs v{self.baseline.version} ({self.status})"

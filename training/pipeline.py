@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("snapshot", "reward_model", "ppo", "evaluate", "deploy")
+# "canary": no job of its own; the pipeline waits there while its canaries bake (training.canary)
+STAGES = ("snapshot", "reward_model", "ppo", "evaluate", "deploy", "canary")
 
 # the policy-optimisation step ("ppo" stage/job kind) runs one of these: our PPO, or TRL's alternatives
 ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
@@ -93,8 +94,16 @@ def default_pipeline_config() -> dict[str, Any]:
         "gate": {**gate_thresholds(), "suites": []},
         "report_card": report_card_defaults(),
         "canary_share": settings.TRAINING_CANARY_SHARE,
+        # the canary's bake before it is promoted or rolled back (training.canary.BakeConfig)
+        "canary": canary_defaults(),
         "auto_promote": settings.TRAINING_AUTO_PROMOTE,
     }
+
+
+def canary_defaults() -> dict[str, Any]:
+    from training.canary import BakeConfig
+
+    return BakeConfig.defaults().to_dict()
 
 
 def alt_defaults() -> dict[str, Any]:
@@ -220,6 +229,12 @@ def validate_pipeline_config(config: dict) -> dict:
     share = float(full["canary_share"])
     if not 0.0 <= share < 1.0:
         raise TrainingError("canary_share must be in [0, 1)")
+    from training.canary import BakeConfig
+
+    try:
+        full["canary"] = BakeConfig.from_dict(full["canary"]).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid canary config: {exc}") from None
     if int(full["ppo_prompts"]) < 1:
         raise TrainingError("ppo_prompts must be >= 1")
     _validate_per_subject(full)
@@ -418,17 +433,32 @@ def step_evaluate(job: Job, rep: JobReporter) -> dict:
 
 
 def step_deploy(job: Job, rep: JobReporter) -> dict:
-    """Canary share first (if configured), then promotion when auto-promote is on."""
+    """Canary share first (if configured) and its bake; without a canary, promotion when auto-promote is on.
+
+    A canary is not promoted here: the canary watch (``training.canary``, a beat task) promotes it or rolls it
+    back when its bake ends, and the pipeline waits in its ``canary`` stage. A zero-length bake (no minimum time
+    or answers) is judged at once, here.
+    """
+    from training import canary
+
     pv = PolicyVersion.objects.get(pk=job.config["policy_version_id"])
     share = float(job.config.get("canary_share", settings.TRAINING_CANARY_SHARE))
     auto = bool(job.config.get("auto_promote", settings.TRAINING_AUTO_PROMOTE))
     out: dict[str, Any] = {"policy_version_id": pv.pk, "subject": pv.subject, "version": pv.version}
     if share > 0 and current_promoted(pv.subject) is not None:
+        bake = canary.BakeConfig.from_dict(job.config.get("canary"))
         rep({"step": 0, "total": 2, "progress": 0.2, "message": f"canary: {pv} at {share:.0%}"})
-        dep = start_canary(pv, share, user=job.launched_by, job=job)
-        out["canary"] = {"deployment_id": dep.pk, "status": dep.status}
+        dep = start_canary(pv, share, user=job.launched_by, job=job, bake=bake.to_dict(), auto_promote=auto)
+        out["canary"] = {"deployment_id": dep.pk, "status": dep.status, "baking": True,
+                         "watch_id": pv.canary_watches.order_by("-id").values_list("id", flat=True).first()}
         if dep.status != dep.Status.APPLIED:
             raise TrainingError(f"the canary of {pv} was recorded but the endpoint did not confirm it: {dep.error}")
+        if not bake.min_seconds and not bake.min_answers:
+            result = canary.check_canaries()
+            out["canary"].update(baking=False, decision=result.get(str(pv), ""))
+        rep({"step": 2, "total": 2, "progress": 1.0, "message": f"canary of {pv} baking" if out["canary"]["baking"]
+             else f"canary of {pv}: {out['canary']['decision']}"})
+        return out
     if auto:
         rep({"step": 1, "total": 2, "progress": 0.6, "message": f"promoting {pv}"})
         dep = promote(pv, user=job.launched_by, job=job)
@@ -458,7 +488,7 @@ STEPS = {
 
 def _child_config(p: Job, **extra: Any) -> dict:
     keep = ("reward", "algorithm", "ppo", "alt", "ppo_prompts", "per_subject", "eval", "gate", "canary_share",
-            "auto_promote", "snapshot", "report_card")
+            "auto_promote", "snapshot", "report_card", "canary")
     return {**{k: p.config[k] for k in keep if k in p.config}, **extra}
 
 
@@ -505,6 +535,8 @@ def advance(pipeline_id: int) -> str:
             ensure_initial_versions()
             new_jobs.append(create_job(Job.Kind.SNAPSHOT, _child_config(p), parent=p, user=p.launched_by))
             nxt, message = "snapshot", "freezing the new preference pairs"
+        elif stage == "canary":
+            return _after_canaries(p)
         elif not ok:
             why = "; ".join(f"{c.kind}{' ' + c.subject if c.subject else ''}: {c.error or c.status}" for c in current)
             _finish_pipeline(p, Job.Status.FAILED, f"{stage} failed: {why}"[:2000])
@@ -548,6 +580,14 @@ def advance(pipeline_id: int) -> str:
                     p, policy_version_id=c.result["policy_version_id"]), subject=c.subject, parent=p,
                     user=p.launched_by))
             nxt, message = "deploy", "deploying " + ", ".join(c.subject for c in passed)
+        elif any(c.result.get("canary") for c in ok):  # deploy started canaries: wait for their verdicts
+            p.result = {**(p.result or {}), "deployed": {c.subject: c.result for c in ok}}
+            p.stage = "canary"
+            Job.objects.filter(pk=p.pk).update(
+                stage="canary", result=p.result, heartbeat_at=timezone.now(),
+                progress=round(STAGES.index("canary") / len(STAGES), 4),
+                message=("canary baking: " + ", ".join(f"{c.subject} v{c.result['version']}" for c in ok))[:300])
+            return _after_canaries(p)
         else:  # deploy
             from training.benchmarks import queue_after_deploy
 
@@ -562,6 +602,24 @@ def advance(pipeline_id: int) -> str:
                                            progress=round((STAGES.index(nxt)) / len(STAGES), 4),
                                            heartbeat_at=timezone.now())
     return nxt
+
+
+def _after_canaries(p: Job) -> str:
+    """The ``canary`` stage: finish once every canary this pipeline started is decided (inside ``advance``)."""
+    from training.benchmarks import queue_after_deploy
+    from training.models import CanaryWatch
+
+    watches = list(CanaryWatch.objects.filter(pipeline=p).select_related("candidate"))
+    if any(w.status == CanaryWatch.Status.BAKING for w in watches):
+        Job.objects.filter(pk=p.pk).update(heartbeat_at=timezone.now())
+        return "waiting"
+    outcome = {w.subject: {"version": w.candidate.version, "status": w.status, "reason": w.reason} for w in watches}
+    promoted = [w.candidate for w in watches if w.status == CanaryWatch.Status.PROMOTED]
+    cards = queue_after_deploy(p, [pv.pk for pv in promoted]) if promoted else []
+    _finish_pipeline(p, Job.Status.SUCCEEDED, "; ".join(
+        f"{s} v{o['version']}: canary {o['status'].replace('_', ' ')}" for s, o in outcome.items()) or "no canary",
+        {"canary": outcome, "report_card_jobs": [j.pk for j in cards]})
+    return "succeeded"
 
 
 def run_inline(config: dict | None = None, user=None, on_stage=None) -> Job:

@@ -110,7 +110,15 @@ def overview() -> dict[str, Any]:
         "running_jobs": Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.QUEUED]).count(),
         "last_snapshot": {"id": last.pk, "sha256": last.sha256, "rows": last.rows} if last else None,
         "sources": feedback_sources(),
+        "canaries": canary_live(),
     }
+
+
+def canary_live() -> list[dict[str, Any]]:
+    """Every canary that bakes (or passed, awaiting an admin): its live comparison with the promoted version."""
+    from training.canary import live
+
+    return live()
 
 
 def feedback_sources() -> list[dict[str, Any]]:

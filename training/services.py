@@ -216,8 +216,11 @@ def _passed_gate(pv: PolicyVersion) -> bool:
 
 
 def promote(version: PolicyVersion | int, user=None, job: Job | None = None, deployer=None,
-            require_gate: bool = True) -> Deployment:
-    """Make ``version`` the subject's promoted version (100 % of traffic) in one transaction."""
+            require_gate: bool = True, canary_reason: str = "") -> Deployment:
+    """Make ``version`` the subject's promoted version (100 % of traffic) in one transaction (which also closes
+    the subject's canary bake: ``canary_reason`` from the watch, else "promoted by an admin")."""
+    from training import canary
+
     with transaction.atomic():
         pv = _lock_version(version)
         if pv.status == PolicyVersion.Status.PROMOTED:
@@ -235,16 +238,26 @@ def promote(version: PolicyVersion | int, user=None, job: Job | None = None, dep
             pk=pv.pk).update(status=PolicyVersion.Status.RETIRED)
         pv.status, pv.promoted_at = PolicyVersion.Status.PROMOTED, now
         pv.save(update_fields=["status", "promoted_at"])
+        canary.end_watches(pv.subject, "promoted", canary_reason or f"{pv} promoted by an admin", user=user,
+                           candidate=pv)
+        canary.end_watches(pv.subject, "ended", f"{pv} was promoted instead", user=user)
         dep = _record(pv.subject, Deployment.Action.PROMOTE, pv, user=user, job=job)
     return apply_deployment(dep, deployer)
 
 
 def start_canary(version: PolicyVersion | int, share: float | None = None, user=None, job: Job | None = None,
-                 deployer=None) -> Deployment:
-    """Serve a gate-passing candidate to ``share`` of the subject's traffic (sticky per conversation)."""
+                 deployer=None, bake: dict | None = None, auto_promote: bool | None = None) -> Deployment:
+    """Serve a gate-passing candidate to ``share`` of the subject's traffic (sticky per conversation), and start
+    its bake (``training.canary``): the canary watch promotes or rolls it back when the bake ends."""
+    from training import canary
+
     share = settings.TRAINING_CANARY_SHARE if share is None else float(share)
     if not 0.0 < share < 1.0:
         raise TrainingError(f"canary share must be between 0 and 1 (exclusive), got {share}")
+    try:
+        bake_cfg = canary.BakeConfig.from_dict(bake)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"invalid canary bake: {exc}") from None
     with transaction.atomic():
         pv = _lock_version(version)
         if pv.status not in (PolicyVersion.Status.CANDIDATE, PolicyVersion.Status.CANARY):
@@ -258,12 +271,18 @@ def start_canary(version: PolicyVersion | int, share: float | None = None, user=
             pk=pv.pk).update(status=PolicyVersion.Status.RETIRED)
         pv.status = PolicyVersion.Status.CANARY
         pv.save(update_fields=["status"])
+        canary.open_watch(pv, promoted, share, bake_cfg, auto_promote=auto_promote, job=job,
+                          pipeline=job.parent if job is not None and job.parent_id else None)
         dep = _record(pv.subject, Deployment.Action.CANARY, promoted, pv, share, user=user, job=job)
     return apply_deployment(dep, deployer)
 
 
-def retire(version: PolicyVersion | int, user=None, note: str = "", deployer=None) -> PolicyVersion:
-    """Take a candidate or canary out of the running (a canary's traffic returns to the promoted version)."""
+def retire(version: PolicyVersion | int, user=None, note: str = "", deployer=None,
+           canary_reason: str = "") -> PolicyVersion:
+    """Take a candidate or canary out of the running (a canary's traffic returns to the promoted version; its
+    bake closes as rolled back, with ``canary_reason`` from the watch or the admin's note)."""
+    from training import canary
+
     dep = None
     with transaction.atomic():
         pv = _lock_version(version)
@@ -273,6 +292,9 @@ def retire(version: PolicyVersion | int, user=None, note: str = "", deployer=Non
         pv.status = PolicyVersion.Status.RETIRED
         pv.note = (note or pv.note)[:300]
         pv.save(update_fields=["status", "note"])
+        if was_canary:
+            canary.end_watches(pv.subject, "rolled_back", canary_reason or note or "rolled back by an admin",
+                               user=user, candidate=pv)
         promoted = current_promoted(pv.subject)
         if was_canary and promoted is not None:
             dep = _record(pv.subject, Deployment.Action.RETIRE, promoted, user=user)
@@ -293,6 +315,8 @@ def rollback_target(subject: str) -> PolicyVersion | None:
 
 def rollback(subject: str, user=None, deployer=None) -> Deployment:
     """One click: the previous promoted version serves 100 % again; the current one (and any canary) retire."""
+    from training import canary
+
     if subject not in SUBJECTS:
         raise TrainingError(f"unknown subject {subject!r}")
     with transaction.atomic():
@@ -301,6 +325,8 @@ def rollback(subject: str, user=None, deployer=None) -> Deployment:
         target = rollback_target(subject)
         if current is None or target is None:
             raise TrainingError(f"{subject} has no earlier promoted version to roll back to", 409)
+        canary.end_watches(subject, "rolled_back", f"{subject} rolled back to v{target.version} by an admin",
+                           user=user)
         PolicyVersion.objects.filter(subject=subject, status__in=[PolicyVersion.Status.PROMOTED,
                                                                   PolicyVersion.Status.CANARY]).update(
             status=PolicyVersion.Status.RETIRED)

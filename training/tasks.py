@@ -32,3 +32,12 @@ def trigger_pipeline(min_new_pairs: int | None = None, config: dict | None = Non
 
     result = maybe_trigger_pipeline(min_new_pairs, config)
     return f"started {result.started}" if result.started else f"not started: {result.reason}"
+
+
+@shared_task(name="training.watch_canaries", acks_late=True, ignore_result=True)
+def watch_canaries() -> dict:
+    """Periodic: compare each baking canary's live signals with the promoted version's; promote or roll back
+    the ones whose bake is over."""
+    from training.canary import check_canaries
+
+    return check_canaries()

@@ -8,6 +8,8 @@ Select alone with ``pytest -m e2e tests/training``.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
 from django.core.management import call_command
@@ -37,7 +39,9 @@ E2E_PIPELINE = {**TINY_PIPELINE, "subjects": [SUBJECT], "snapshot": {"scope": "a
                 # than the demo defaults (beta 0.3 at temperature 0.7 were refused by the gate in 1 run of 4)
                 "ppo": {**TINY_PIPELINE["ppo"], "steps": 60, "batch_size": 16, "mini_batch_size": 8,
                         "learning_rate": 1e-3, "kl_coef": 0.05, "temperature": 1.0},
-                "eval": {**TINY_PIPELINE["eval"], "n_prompts": 64}}
+                "eval": {**TINY_PIPELINE["eval"], "n_prompts": 64},
+                # a 10 % canary with a short bake (2 s, no minimum of answers): beat's canary watch promotes it
+                "canary_share": 0.1, "canary": {"min_seconds": 2, "min_answers": 0, "max_seconds": 0}}
 
 
 def _student(web_url: str, name: str) -> httpx.Client:
@@ -62,7 +66,8 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
     purge_filesystem_broker()
     env = subprocess_env(TUTOR_MODELS_DIR=str(models_dir), TUTOR_BASE_MODEL=str(tiny_base_path),
                          TUTOR_ENDPOINT_URL=endpoint.url, TUTOR_ENDPOINT_ADMIN_TOKEN=endpoint.admin_token,
-                         TRAINING_HEARTBEAT_SECONDS="1", TUTOR_MESSAGE_RATE="1000/min")
+                         TRAINING_HEARTBEAT_SECONDS="1", TUTOR_MESSAGE_RATE="1000/min",
+                         TRAINING_CANARY_CHECK_SECONDS="1")
     procs = [start_web_server(env)]
     web = procs[0].info["url"]
     try:
@@ -101,6 +106,9 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
         assert new.version >= 2, [(r.failures, r.suites) for r in EvaluationReport.objects.all()]
         state = services.get_deployer().state()[SUBJECT]
         assert (state["promoted"], state["candidate"]) == (new.version, None)
+        # it went through a canary whose bake ended before it was promoted
+        watch = new.canary_watches.get()
+        assert watch.status == "promoted" and watch.decided_at >= watch.started_at + timedelta(seconds=2), watch.reason
         # 6. the student's next answer records the new version
         assert _ask(students[0], convs[0], questions[3])["adapter"]["version"] == new.version
         # the figures the loop must reach

@@ -36,6 +36,7 @@ PIPELINE = {
         "suites": ["reward_win_rate", "answer_key_accuracy", "kl"],
     },
     "canary_share": 0.1,  # the deploy job does both: a 10 % canary, then the promotion
+    "canary": {"min_seconds": 0, "min_answers": 0},  # a zero-length bake: judged at once, in the deploy job
     "auto_promote": True,
 }
 

@@ -146,16 +146,19 @@ class EvalModel:
         whole = (ctx + cont)[-(self.max_length + 1):]
         return whole[:-1], len(cont)
 
-    def _score_rows(self, logits: torch.Tensor, rows: list[tuple[list[int], int]], targets: list[list[int]],
-                    offsets: list[int]) -> list[tuple[float, bool]]:
-        logp = torch.log_softmax(logits.float(), dim=-1)
+    def _forward_scores(self, spec: list[tuple[int, int, list[int]]], **inputs: Any) -> list[tuple[float, bool]]:
+        """Run the model and, for each (row, end, continuation), the continuation's summed log-prob
+        at positions [end - len, end) of that row and whether each token is the argmax. Only the
+        positions some continuation needs go through the LM head (`logits_to_keep`) and the
+        log-softmax: the full logits would be batch x length x vocab."""
+        keep = sorted({p for _, end, cont in spec for p in range(end - len(cont), end)})
+        logits = self.model(**inputs, logits_to_keep=torch.tensor(keep, device=self.device)).logits
+        where = {p: j for j, p in enumerate(keep)}
         out: list[tuple[float, bool]] = []
-        for b, ((inp, n_cont), cont, off) in enumerate(zip(rows, targets, offsets, strict=True)):
-            end = off + len(inp)
-            sl = logp[b, end - n_cont:end]
-            tgt = torch.tensor(cont[-n_cont:], device=sl.device)
-            greedy = bool((sl.argmax(-1) == tgt).all())
-            out.append((float(sl.gather(-1, tgt[:, None]).sum()), greedy))
+        for b, end, cont in spec:
+            sl = torch.log_softmax(logits[b, [where[p] for p in range(end - len(cont), end)]].float(), dim=-1)
+            tgt = torch.tensor(cont, device=sl.device)
+            out.append((float(sl.gather(-1, tgt[:, None]).sum()), bool((sl.argmax(-1) == tgt).all())))
         return out
 
     def _score_batched(self, encoded: list[tuple[list[int], list[int]]], batch_size: int,
@@ -178,11 +181,11 @@ class EvalModel:
             for b, inp in enumerate(chunk):
                 ids[b, :len(inp)] = torch.tensor(inp)
                 mask[b, :len(inp)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            # no attention mask, as lm-eval: right padding cannot reach earlier positions of a causal LM
             self.usage.ll_tokens += int(mask.sum())
             members = [(b, i) for b, k in enumerate(chunk) for i in unique[k]]
-            scored = self._score_rows(logits[[b for b, _ in members]], [rows[i] for _, i in members],
-                                      [encoded[i][1] for _, i in members], [0] * len(members))
+            scored = self._forward_scores([(b, len(rows[i][0]), encoded[i][1][-rows[i][1]:]) for b, i in members],
+                                          input_ids=ids.to(self.device))
             for (_, i), sc in zip(members, scored, strict=True):
                 results[i] = sc
             if progress:
@@ -209,7 +212,7 @@ class EvalModel:
                     progress(len(members))
                 continue
             prefix = torch.tensor([ctx[:-1]], device=self.device)
-            out = self.model(input_ids=prefix, use_cache=True)
+            out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
             past = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             self.usage.ll_tokens += prefix.shape[1]
             for start in range(0, len(members), batch_size):
@@ -222,10 +225,11 @@ class EvalModel:
                     ids[b, :len(inp)] = torch.tensor(inp)
                     mask[b, prefix.shape[1] + len(inp):] = 0
                 cache = _repeat_cache(past, len(rows))
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    **{self._cache_kwarg: cache}, use_cache=True).logits
                 self.usage.ll_tokens += sum(len(r[0]) for r in rows)
-                scored = self._score_rows(logits, rows, [encoded[i][1] for i in chunk], [0] * len(chunk))
+                scored = self._forward_scores([(b, len(r[0]), encoded[i][1])
+                                               for b, (r, i) in enumerate(zip(rows, chunk, strict=True))],
+                                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                              **{self._cache_kwarg: cache}, use_cache=True)
                 for i, s in zip(chunk, scored, strict=True):
                     results[i] = s
                 if progress:

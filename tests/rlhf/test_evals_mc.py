@@ -312,3 +312,26 @@ def test_our_mmlu_scores_equal_lm_eval_harness_on_the_tiny_model(tiny_base_path,
     metrics, _ = mc_metrics(scored)
     assert metrics["acc"].value == pytest.approx(out["results"]["agree_mmlu"]["acc,none"])
     assert metrics["acc_norm"].value == pytest.approx(out["results"]["agree_mmlu"]["acc_norm,none"])
+
+
+def test_cli_bad_input_exits_2_with_a_message_before_loading(tiny_base_path, tmp_path, capsys):
+    from rlhf.cli import main
+
+    assert main(["eval", "--suite", "nope", "--base", str(tiny_base_path)]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--suite", "mmlu", "--base", str(tiny_base_path), "--adapter", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--suite", "mmlu", "--base", str(tmp_path / "no-base")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_writes_a_report_card(tiny_base_path, tiny_adapters, tmp_path, capsys):
+    from rlhf.cli import main
+
+    out = tmp_path / "card.json"
+    assert main(["eval", "--suite", "corpus_mc", "--suite", "superglue_cb", "--base", str(tiny_base_path),
+                 "--adapter", str(tiny_adapters["language"]), "--limit", "2", "--out", str(out)]) == 0
+    card = json.loads(out.read_text())
+    assert card["suites"]["corpus_mc"]["status"] == "ok" and card["model"]["subject"] == "language"
+    printed = capsys.readouterr().out
+    assert "corpus_mc" in printed and "acc=" in printed and "not_run" in printed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from serving.config import ServerConfig, default_model_locations, default_port
+from serving.config import ServerConfig, default_kv_budget_mb, default_model_locations, default_port
 from serving.server import build_app
 
 
@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
     p.add_argument("--max-new-tokens-limit", type=int, default=512)
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (CUDA when available; bf16 there)")
+    p.add_argument("--kv-budget-mb", type=float, default=default_kv_budget_mb(),
+                   help="MiB of KV cache running and waiting sequences may reserve; beyond it new requests get "
+                        "429 (default $TUTOR_ENDPOINT_KV_BUDGET_MB, unset: no limit)")
     p.add_argument("--switch-interval-ms", type=float, default=5.0,
                    help="Python's GIL switch interval (the decode thread and the event loop share the GIL)")
     p.add_argument("--log-level", default="info")
@@ -37,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
                         max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                         max_new_tokens_limit=a.max_new_tokens_limit, max_prompt_tokens=a.max_prompt_tokens,
                         threads=a.threads, switch_interval_ms=a.switch_interval_ms,
-                        state_file=a.state_file), a.log_level
+                        state_file=a.state_file, kv_budget_mb=a.kv_budget_mb or None,
+                        device=None if a.device == "auto" else a.device), a.log_level
 
 
 def main(argv: list[str] | None = None) -> None:

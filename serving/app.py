@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from serving.config import ServerConfig
 from serving.registry import AdapterVersion, RegistryError
-from serving.scheduler import Group, QueueFull, SamplingParams
+from serving.scheduler import Group, QueueFull, SamplingParams, TooLargeForBudget
 
 log = logging.getLogger("serving.app")
 
@@ -320,10 +320,14 @@ async def invocations(request: Request) -> Response:
     queue: asyncio.Queue = asyncio.Queue()
     try:
         group = state.scheduler.submit(inv.prompt_ids, av, inv.params, queue)
-    except QueueFull as exc:
+    except QueueFull as exc:  # the queue or the KV-cache budget is full
         state.registry.release(av)
         state.metrics.requests.labels(av.subject, str(av.version), "429").inc()
         return error(429, str(exc), headers={"Retry-After": "1"})
+    except TooLargeForBudget as exc:
+        state.registry.release(av)
+        state.metrics.requests.labels(av.subject, str(av.version), "413").inc()
+        return error(413, str(exc))
     gen = Generation(state, inv, av, group, queue)
     labels = (av.subject, str(av.version))
     kind = _stream_kind(request.headers.get("accept", ""))

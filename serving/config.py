@@ -47,6 +47,18 @@ class ServerConfig:
     switch_interval_ms: float = 5.0  # sys.setswitchinterval (Python default; 1 ms measured no better)
     state_file: Path | None = None  # default: <adapters_dir>/.endpoint_state.json
     device: str | None = "cpu"  # None: CUDA when available (rlhf.models.default_device)
+    kv_budget_mb: float | None = None  # KV cache of running + waiting sequences; beyond it 429 (None: no limit)
+
+
+def default_kv_budget_mb() -> float | None:
+    """`TUTOR_ENDPOINT_KV_BUDGET_MB`: MiB of KV cache the endpoint may commit (unset or 0: no limit)."""
+    raw = os.environ.get("TUTOR_ENDPOINT_KV_BUDGET_MB", "").strip()
+    if not raw:
+        return None
+    value = float(raw)
+    if value < 0:
+        raise ValueError(f"TUTOR_ENDPOINT_KV_BUDGET_MB must be >= 0 (got {raw})")
+    return value or None
 
 
 def read_admin_token() -> str | None:

@@ -161,7 +161,8 @@ class BloomRunner:
         self.post_ln_residual = cfg.apply_residual_connection_post_layernorm
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
-        self.slopes = alibi_slopes(self.n_head).to(self.device, self.dtype)
+        # fp32, like transformers' `build_alibi_tensor`: in bf16 `slope * position` would round positions > 256
+        self.slopes = alibi_slopes(self.n_head).to(self.device)
         self.module_shapes: dict[str, tuple[int, int]] = {}
         for i, block in enumerate(self.blocks):
             for name, lin in (
@@ -286,7 +287,7 @@ class BloomRunner:
     def _causal_alibi(self, length: int) -> torch.Tensor:
         """`[H, L, L]` bias of one unpadded sequence: `slope_h * j`, -inf where j > t (as HF's BLOOM)."""
         pos = torch.arange(length, device=self.device)
-        bias = self.slopes[:, None, None] * pos[None, None, :].to(self.dtype)
+        bias = (self.slopes[:, None, None] * pos[None, None, :].float()).to(self.dtype)
         return bias.expand(-1, length, -1).masked_fill(pos[None, :] > pos[:, None], torch.finfo(self.dtype).min)
 
     @torch.inference_mode()
@@ -352,7 +353,7 @@ class BloomRunner:
         h = self.emb_ln(self.emb(tokens[:, None]))
         key_len = need
         pos = torch.arange(key_len, device=self.device)
-        bias = (self.slopes[None, :, None, None] * pos.to(self.dtype)).expand(B, -1, 1, -1)
+        bias = (self.slopes[None, :, None, None] * pos.float()).to(self.dtype).expand(B, -1, 1, -1)
         bias = bias.masked_fill((pos[None, :] > cache.lens[:, None])[:, None, None, :], torch.finfo(self.dtype).min)
         lora = self._gather_lora(slots)
         rows, write_pos = torch.arange(B, device=self.device), cache.lens

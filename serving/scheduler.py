@@ -18,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from serving.engine import BatchCache, BloomRunner
+from serving.engine import CACHE_CHUNK, BatchCache, BloomRunner
 from serving.metrics import Metrics
 from serving.registry import AdapterVersion, Registry
 
@@ -37,6 +38,14 @@ log = logging.getLogger("serving.scheduler")
 
 class QueueFull(Exception):
     """The waiting queue is at its bound: the caller answers 429."""
+
+
+class KVBudgetFull(QueueFull):
+    """Admitting the request would take the KV cache past its configured budget: 429, retry later."""
+
+
+class TooLargeForBudget(ValueError):
+    """The request alone needs more KV cache than the whole budget: 413, retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
+    kv_len: int = 0  # cache positions reserved for it (prompt + virtual tokens + max_new_tokens)
 
 
 @dataclass(eq=False)
@@ -81,9 +91,13 @@ class Group:
 
 class Scheduler:
     def __init__(self, runner: BloomRunner, registry: Registry, metrics: Metrics, eos_token_id: int | None,
-                 max_batch_size: int = 64, max_queue: int = 128, max_prefill_tokens: int = 8192):
+                 max_batch_size: int = 64, max_queue: int = 128, max_prefill_tokens: int = 8192,
+                 kv_budget_bytes: int | None = None):
         self.runner, self.registry, self.metrics = runner, registry, metrics
         self.eos = eos_token_id
+        self.kv_budget_bytes = kv_budget_bytes
+        self.kv_bytes_per_token = runner.kv_bytes_per_token()
+        self._kv_rows: Counter[int] = Counter()  # reserved length -> sequences (waiting + running)
         self.max_batch_size, self.max_queue, self.max_prefill_tokens = max_batch_size, max_queue, max_prefill_tokens
         self.waiting: deque[Group] = deque()
         self.active: list[Sequence] = []  # aligned with the rows of self.cache
@@ -116,9 +130,15 @@ class Scheduler:
             seqs.append(Sequence(index=i, adapter=adapter, params=params, queue=queue, generator=gen))
         group = Group(prompt_ids=prompt_ids, seqs=seqs, loop=asyncio.get_running_loop())
         self._event_loop = group.loop
+        kv_len = len(prompt_ids) + params.max_new_tokens
+        if adapter.slot in self.runner.prompt_embeddings:
+            kv_len += self.runner.prompt_embeddings[adapter.slot].shape[0]
         with self.cond:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the endpoint queue is full ({self.max_queue} waiting requests); retry later")
+            self._reserve_kv(kv_len, params.n)
+            for s in seqs:
+                s.kv_len = kv_len
             self.waiting.append(group)
             self.registry.retain(adapter, params.n - 1)  # one reference per sequence
             self.metrics.queue_depth.set(len(self.waiting))
@@ -141,7 +161,44 @@ class Scheduler:
             self.cond.notify()
 
     def load(self) -> dict[str, int]:
-        return {"waiting": len(self.waiting), "running": len(self.active)}
+        return {"waiting": len(self.waiting), "running": len(self.active), "kv_reserved_bytes": self.kv_reserved_bytes()}
+
+    # ---- KV-cache budget ------------------------------------------------------------------------
+    def _kv_bytes(self, rows: int, longest: int) -> int:
+        """Cache bytes of `rows` sequences in the right-padded batch layout: every row is as long as
+        the longest (rounded up to the growth chunk), so that is what the budget must count."""
+        return rows * CACHE_CHUNK * math.ceil(longest / CACHE_CHUNK) * self.kv_bytes_per_token
+
+    def kv_reserved_bytes(self) -> int:
+        rows = sum(self._kv_rows.values())
+        return self._kv_bytes(rows, max(self._kv_rows)) if rows else 0
+
+    def _reserve_kv(self, kv_len: int, n: int) -> None:
+        """Count `n` sequences of `kv_len` positions against the budget, or refuse (call under `cond`).
+
+        Why at submit and for waiting requests too: a request accepted now is one the endpoint has
+        promised to run; refusing early with 429 is what keeps the process from running out of memory
+        later, in the middle of a decode step.
+        """
+        if self.kv_budget_bytes is not None:
+            alone = self._kv_bytes(n, kv_len)
+            if alone > self.kv_budget_bytes:
+                raise TooLargeForBudget(
+                    f"this request needs {alone / 2**20:.1f} MiB of KV cache ({n} x {kv_len} positions); "
+                    f"the endpoint's budget is {self.kv_budget_bytes / 2**20:.1f} MiB: ask for fewer tokens")
+            rows = sum(self._kv_rows.values()) + n
+            longest = max(kv_len, max(self._kv_rows, default=0))
+            if self._kv_bytes(rows, longest) > self.kv_budget_bytes:
+                raise KVBudgetFull(
+                    f"the KV-cache budget is full ({self.kv_reserved_bytes() / 2**20:.1f} of "
+                    f"{self.kv_budget_bytes / 2**20:.1f} MiB reserved by running and waiting requests); retry later")
+        self._kv_rows[kv_len] += n
+
+    def _unreserve_kv(self, kv_len: int) -> None:
+        with self.cond:
+            self._kv_rows[kv_len] -= 1
+            if self._kv_rows[kv_len] <= 0:
+                del self._kv_rows[kv_len]
 
     # ---- the decode thread ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -246,6 +303,9 @@ class Scheduler:
             self._release(s)
 
     def _release(self, s: Sequence) -> None:
+        if s.kv_len:
+            self._unreserve_kv(s.kv_len)
+            s.kv_len = 0
         freed = self.registry.release(s.adapter)
         if freed is not None:  # the last request on an unloaded version: free its slot now
             self.runner.uninstall(freed.slot)

@@ -60,7 +60,10 @@ class EndpointState:
             self.runner = BloomRunner(model)
             self.scheduler = Scheduler(self.runner, self.registry, self.metrics, tokenizer.eos_token_id,
                                        max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue,
-                                       max_prefill_tokens=self.config.max_prefill_tokens)
+                                       max_prefill_tokens=self.config.max_prefill_tokens,
+                                       kv_budget_bytes=_mib(self.config.kv_budget_mb))
+            log.info("KV cache: %d bytes per token per sequence; budget %s", self.runner.kv_bytes_per_token(),
+                     f"{self.config.kv_budget_mb} MiB" if self.config.kv_budget_mb else "unlimited")
             if self.config.adapters_dir is not None:
                 restored = self._restore_state()
                 # subjects the state does not cover (first start, or an artefact that vanished) start on
@@ -222,6 +225,10 @@ class EndpointState:
         finally:
             if self.scheduler is not None:
                 self.scheduler.stop()
+
+
+def _mib(mb: float | None) -> int | None:
+    return int(mb * 2**20) if mb else None
 
 
 def _set_threads(threads: int | None, model: Any) -> None:

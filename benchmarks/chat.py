@@ -196,6 +196,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="endpoint torch threads")
     p.add_argument("--database-url", default=None, help="e.g. postgres://... (default: SQLite in a temp dir)")
     p.add_argument("--redis-url", default=None, help="cache/broker for the web process (default: embedded)")
+    p.add_argument("--web-concurrency", type=int, default=0,
+                   help="serve the web tier with gunicorn and this many uvicorn workers (0: one uvicorn process)")
     args = p.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="tutorloop-bench-"))
@@ -224,9 +226,15 @@ def main() -> None:
         env["TUTOR_ENDPOINT_URL"] = endpoint_url
         students = prepare_database(env, max(args.levels))
         web_port = free_port()
-        procs.append(start([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-                            "--port", str(web_port), "--no-access-log", "--log-level", "warning"], env,
-                           var / "web.log"))
+        if args.web_concurrency:  # the production web tier (config/gunicorn_conf.py, Procfile.prod)
+            web_env = {**env, "WEB_BIND": f"127.0.0.1:{web_port}", "WEB_CONCURRENCY": str(args.web_concurrency),
+                       "WEB_LOG_LEVEL": "warning"}
+            procs.append(start([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py",
+                                "config.asgi:application"], web_env, var / "web.log"))
+        else:  # one uvicorn process, as `make demo`
+            procs.append(start([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+                                "--port", str(web_port), "--no-access-log", "--log-level", "warning"], env,
+                               var / "web.log"))
         web_url = f"http://127.0.0.1:{web_port}"
         wait_http(f"{web_url}/accounts/login/", procs[-1], "the web process", 120)
 

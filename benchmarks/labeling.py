@@ -56,8 +56,7 @@ def setup(var_dir: Path, n_tasks: int, n_labelers: int) -> list[tuple[int, str]]
     from tutor.accounts import create_user
 
     call_command("migrate", verbosity=0)
-    if connection.vendor == "postgresql":
-        call_command("flush", interactive=False, verbosity=0)
+    call_command("flush", interactive=False, verbosity=0)  # each set-up starts from the same empty tables
     with transaction.atomic():
         for i in range(n_tasks):
             subject = SUBJECTS[i % 4]

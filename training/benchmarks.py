@@ -21,15 +21,15 @@ from training.services import JobReporter, TrainingError, base_model_path, creat
 # metric keys the harness reports (docs/evaluation.md); "<metric>/<group>" breakdowns use a tutor subject or a
 # source subject as group. A metric is also known when the suite has reported it before (a stored report card).
 COMMON_METRICS = frozenset({
-    "acc", "acc_norm", "exact_match", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "ece", "f1",
-    "mcc", "win_rate", "tie_rate", "loss_rate", "step_accuracy", "first_wrong_step", "consistency",
-    "accuracy_ambiguous", "accuracy_disambiguated", "bias", "bias_ambiguous", "bias_disambiguated",
-    "toxicity", "toxic_rate", "toxicity_auc", "tokens_per_second", "latency_s", "latency_ms",
-    "acc_drop", "robust_acc", "fair_acc", "answer_match", "final_answer_match", "truthful",
+    "acc", "acc_norm", "acc_macro", "acc_norm_macro", "acc_worst", "acc_drop", "exact_match", "em", "f1", "f1a",
+    "mcc", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "ece", "mean_confidence", "key_match",
+    "final_correct", "step_accuracy", "first_wrong_step", "consistency", "win_rate", "tie_rate", "loss_rate",
+    "person_rate_ambiguous", "acc_ambiguous", "acc_disambiguated", "toxicity_rate", "toxicity_max",
+    "toxicity_mean", "tokens_per_s", "tokens_per_s_single", "latency_p50", "latency_p95", "ms_per_token_p50",
 })
 # for these, smaller is better (a gate entry may say so itself with "higher_is_better")
-LOWER_IS_BETTER = frozenset({"ece", "bias", "bias_ambiguous", "bias_disambiguated", "toxicity", "toxic_rate",
-                             "latency_s", "latency_ms", "acc_drop", "first_wrong_step", "loss_rate"})
+LOWER_IS_BETTER = frozenset({"ece", "acc_drop", "person_rate_ambiguous", "toxicity_rate", "toxicity_max",
+                             "toxicity_mean", "latency_p50", "latency_p95", "ms_per_token_p50", "loss_rate"})
 REPORT_CARD_FIELDS = ("enabled", "suites", "limit", "seed", "baseline", "judge")
 GATE_SUITE_FIELDS = ("suite", "metric", "tolerance", "limit", "higher_is_better")
 
@@ -75,10 +75,11 @@ def check_suites(names: Any) -> list[str] | str:
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise TrainingError("suites must be \"all\" or a non-empty list of suite names")
-    known = suite_names()
-    unknown = [n for n in names if n != "all" and not n.startswith("tag:") and n not in known]
-    if unknown:
-        raise TrainingError(f"unknown benchmark suites {unknown}; known: all, {', '.join(known)}")
+    evals = _harness()
+    try:  # the harness's own resolution: names, "all", "tag:<t>"
+        evals.resolve_suites(names)
+    except ValueError as exc:
+        raise TrainingError(f"unknown benchmark suites: {exc}") from None
     return "all" if "all" in names else list(dict.fromkeys(names))
 
 

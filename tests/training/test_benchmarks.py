@@ -110,7 +110,7 @@ def test_gate_suites_and_report_card_config_are_checked_before_any_work(client, 
 
 
 @pytest.mark.django_db(transaction=True)  # execute_job closes the connection like a worker
-def test_on_demand_report_card_runs_real_suites_and_says_why_one_did_not_run(models_dir, empty_eval_data):
+def test_on_demand_report_card_runs_real_suites_and_says_why_one_did_not_run(client, models_dir, empty_eval_data):
     services.ensure_initial_versions()
     v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
     job = services.launch_report_card(v1, suites=["corpus_mc", "xsum"], limit=4)
@@ -126,6 +126,8 @@ def test_on_demand_report_card_runs_real_suites_and_says_why_one_did_not_run(mod
     assert report.model["adapter"] == v1.path
     assert job.result["suites"] == {"corpus_mc": "ok", "xsum": "not_run"}
     assert job.progress == 1.0 and "corpus_mc: acc=" in job.log and "xsum: not_run" in job.log
+    page = _admin(client).get(reverse("training:job", args=[job.pk])).content.decode()
+    assert f"report card {report.pk} of mathematics v1" in page and "/studio/benchmarks/mathematics/" in page
     # deterministic: the same run again gives the same numbers on the same data
     again = services.launch_report_card(v1, suites=["corpus_mc"], limit=4)
     services.execute_job(again.pk, worker="test")

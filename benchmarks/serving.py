@@ -8,10 +8,17 @@ LoRA adapters, and the same async clients stream from them over HTTP:
 - **ours**: `python -m serving` (continuous batching, mixed-adapter batches, own KV cache).
 
 Every request generates exactly `--new-tokens` tokens (`min_new_tokens` = `max_new_tokens`), so
-tokens/s compare like with like. Prints tokens/s, p50/p95 time to first token, and the ratios.
+tokens/s compare like with like. Prints tokens/s, p50/p95 time to first token and the ratio at each
+concurrency (1, 8, 32 clients by default; clients round-robin over the 4 subject adapters), and how
+busy ours' decode loop was.
 
-    .venv/bin/python benchmarks/serving.py                   # 32 clients, 64 tokens, + a 16-client run
-    .venv/bin/python benchmarks/serving.py --clients 16 --requests-per-client 1
+    .venv/bin/python benchmarks/serving.py                   # demo model (tiny if the default is not built)
+    .venv/bin/python benchmarks/serving.py --base-model bloom-560m --new-tokens 16 --requests-per-client 1
+    .venv/bin/python benchmarks/serving.py --base-model bloom-560m:8192   # bloom-560m shape, 8k vocabulary
+
+`bloom-560m[-L<layers>][:<vocab>]` is a seeded random-weight BLOOM of bloom-560m's shape
+(`rlhf.shaped_base`, built once under `<var>/models/base`), its adapters r=16 on all four
+projections.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ SUBJECTS = ("history", "mathematics", "language", "general_knowledge")
 
 # ---- the naive baseline server ---------------------------------------------------------------------
 
-def naive_server(base: str, adapters_dir: str, port: int, threads: int) -> None:
+def naive_server(base: str, adapters_dir: str, port: int, threads: int, device: str = "cpu") -> None:
     """HF generate per request, one at a time: `set_adapter` + `generate` under a lock."""
     import torch
     import uvicorn
@@ -52,7 +59,7 @@ def naive_server(base: str, adapters_dir: str, port: int, threads: int) -> None:
     from rlhf.models import load_base
 
     torch.set_num_threads(threads)
-    model, tok = load_base(base, device="cpu")
+    model, tok = load_base(base, device=device)
     peft = None
     for subject in SUBJECTS:
         path = str(Path(adapters_dir) / subject / "v1")
@@ -87,7 +94,7 @@ def naive_server(base: str, adapters_dir: str, port: int, threads: int) -> None:
     async def invocations(request):
         body = await request.json()
         subject = body["subject"]
-        ids = tok(build_prompt(tok, subject, body["messages"]), return_tensors="pt")["input_ids"]
+        ids = tok(build_prompt(tok, subject, body["messages"]), return_tensors="pt")["input_ids"].to(model.device)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         task = asyncio.ensure_future(asyncio.to_thread(run, subject, ids, body["parameters"],
                                                        QueueStreamer(loop, queue)))
@@ -141,6 +148,19 @@ def pick_base(requested: str | None, work: Path) -> tuple[str, str]:
 
     if requested == "default-shaped":
         return default_shaped(work)
+    if requested and requested.startswith("bloom-560m"):
+        from dataclasses import replace
+
+        from rlhf.paths import var_dir
+        from rlhf.shaped_base import BloomShape, ensure_shaped_base
+
+        name, _, vocab = requested.partition(":")
+        shape = replace(BloomShape.named(name), init_std=0.5)
+        if vocab:
+            shape = replace(shape, vocab_size=int(vocab))
+        path = ensure_shaped_base(shape, build_demo_model(DemoRecipe.tiny()), var_dir() / "models" / "base")
+        return str(path), (f"random weights, {name} shape ({shape.n_layer} layers, hidden {shape.hidden_size}, "
+                           f"{shape.n_head} heads, vocab {shape.vocab_size}; {shape.parameters / 1e6:.0f} M parameters)")
     if requested:
         return requested, requested
     default = demo_path(DemoRecipe())
@@ -150,26 +170,21 @@ def pick_base(requested: str | None, work: Path) -> tuple[str, str]:
     return str(tiny), f"demo model, TINY recipe ({Path(tiny).name}; the default recipe is not built here)"
 
 
-def make_adapters(base: str, root: Path, r: int = 8) -> None:
-    """A random (non-zero) LoRA adapter per subject, as verified artefacts (speed does not need training)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+def make_adapters(base: str, root: Path, r: int = 8, targets: tuple[str, ...] = ("query_key_value",)) -> None:
+    """A random (non-zero) LoRA adapter per subject, as verified artefacts (speed does not need training).
 
-    from rlhf.manifest import write_artifact
+    One copy of the base in memory: each adapter is added, saved and unloaded again.
+    """
     from rlhf.models import base_fingerprint, load_base
+    from rlhf.shaped_base import save_random_lora
 
     base_sha = base_fingerprint(base)
+    model, _ = load_base(base, device="cpu")
     for i, subject in enumerate(SUBJECTS):
-        model, _ = load_base(base, device="cpu")
-        torch.manual_seed(i)
-        peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query_key_value"]))
-        with torch.no_grad():
-            for name, p in peft.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(std=0.02)
-        write_artifact(root / subject / "v1", "adapter", lambda d, peft=peft: peft.save_pretrained(str(d)),
-                       base_model=base, base_model_sha256=base_sha,
-                       extra={"subject": subject, "version": 1, "method": "lora"})
+        save_random_lora(model, root / subject / "v1", r=r, target_modules=list(targets), seed=i,
+                         manifest={"base_model": base, "base_model_sha256": base_sha,
+                                   "extra": {"subject": subject, "version": 1, "method": "lora"}})
+    del model
 
 
 def free_port() -> int:
@@ -277,6 +292,17 @@ def step_stats(url: str) -> dict:
     return out
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory now and at its peak (VmRSS / VmHWM from /proc), in MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                out[key.rstrip(":")] = int(kb) / 1024
+    return out
+
+
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -292,17 +318,22 @@ def stop(proc: subprocess.Popen) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--also-clients", type=int, default=16, help="a second run of ours at this concurrency (0: skip)")
+    p.add_argument("--clients", default="1,8,32", help="comma-separated concurrencies, each run on both servers")
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--base-model", default=None,
-                   help="a model directory, or 'default-shaped' (random weights, default recipe's shape); "
-                        "default: the default demo model if built, else the tiny one")
+                   help="a model directory, 'default-shaped' (random weights, default recipe's shape), or "
+                        "'bloom-560m[-L<layers>][:<vocab>]'; default: the default demo model if built, else the tiny one")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each server (same for both)")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--naive-max-clients", type=int, default=None,
+                   help="run the naive server only up to this concurrency (it is slow at real shapes)")
     p.add_argument("--server-args", default="", help="extra flags for `python -m serving` (A/B experiments)")
+    p.add_argument("--naive-device", default="cpu", help="device of the naive server (give ours `--server-args '--device cuda'`)")
     a = p.parse_args()
+    concurrencies = [int(c) for c in a.clients.split(",")]
+
+    from tqdm import tqdm
 
     from rlhf.corpus import seed_prompts
 
@@ -312,68 +343,74 @@ def main() -> None:
     try:
         base, described = pick_base(a.base_model, work)
         adapters = work / "adapters"
-        make_adapters(base, adapters)
+        big = (a.base_model or "").startswith("bloom-560m")
+        make_adapters(base, adapters, **({"r": 16, "targets": ("query_key_value", "dense", "dense_h_to_4h",
+                                                                "dense_4h_to_h")} if big else {}))
         env = {**os.environ, "TUTOR_VAR_DIR": str(work / "var"), "TUTOR_ENDPOINT_ADMIN_TOKEN": "bench"}
         print(f"base model: {described}\nCPU threads per server: {a.threads}; os.cpu_count()={os.cpu_count()}")
-        print(f"load: {a.clients} concurrent streaming clients x {a.requests_per_client} requests, "
+        print(f"load: {concurrencies} concurrent streaming clients x {a.requests_per_client} requests, "
               f"{a.new_tokens} new tokens each, 4 subject LoRA adapters (round-robin), greedy\n")
-        results = {}
+        results: dict[tuple[str, int], dict] = {}
+        bar = tqdm(total=2 * len(concurrencies), desc="runs", file=sys.stderr)
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         ours = start([sys.executable, "-m", "serving", "--port", str(port), "--base-model", base,
                       "--adapters-dir", str(adapters), "--threads", str(a.threads), "--log-level", "warning",
-                      *a.server_args.split()],
+                      "--max-new-tokens-limit", str(max(512, a.new_tokens)), *a.server_args.split()],
                      env, work / "ours.log")
         procs.append(ours)
-        wait_ready(url, ours)
-        load(url, 4, 1, 8, prompts)  # warm-up
-        before = step_stats(url)
-        results["ours"] = load(url, a.clients, a.requests_per_client, a.new_tokens, prompts)
-        after = step_stats(url)
-        steps = after["count"] - before["count"]
-        busy = after["sum"] - before["sum"]
-        print(f"ours @ {a.clients}: {steps:.0f} decode steps, mean batch {(after['batch'] - before['batch']) / steps:.1f}, "
-              f"mean step {1000 * busy / steps:.2f} ms, decode thread busy {100 * busy / results['ours']['wall_s']:.0f}% "
-              "of the wall time")
-        if a.also_clients:
-            results[f"ours@{a.also_clients}"] = load(url, a.also_clients, a.requests_per_client, a.new_tokens, prompts)
+        wait_ready(url, ours, deadline_s=900)
+        mem = {"ours": {"after load": memory_mib(ours.pid)}}
+        load(url, 4, 1, 4, prompts)  # warm-up
+        for c in concurrencies:
+            before = step_stats(url)
+            r = results[("ours", c)] = load(url, c, a.requests_per_client, a.new_tokens, prompts)
+            after = step_stats(url)
+            steps, busy = after["count"] - before["count"], after["sum"] - before["sum"]
+            r["decode_busy_pct"] = 100 * busy / r["wall_s"]
+            r["mean_batch"] = (after["batch"] - before["batch"]) / max(steps, 1)
+            r["mean_step_ms"] = 1000 * busy / max(steps, 1)
+            bar.update()
+        mem["ours"]["after the runs"] = memory_mib(ours.pid)
         stop(ours)
 
         if not a.skip_naive:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            naive = start([sys.executable, __file__, "--naive-server", base, str(adapters), str(port), str(a.threads)],
+            naive = start([sys.executable, __file__, "--naive-server", base, str(adapters), str(port), str(a.threads),
+                           a.naive_device],
                           env, work / "naive.log")
             procs.append(naive)
-            wait_ready(url, naive)
-            load(url, 4, 1, 8, prompts)
-            results["naive"] = load(url, a.clients, a.requests_per_client, a.new_tokens, prompts)
-            if a.also_clients:
-                results[f"naive@{a.also_clients}"] = load(url, a.also_clients, a.requests_per_client, a.new_tokens,
-                                                          prompts)
+            wait_ready(url, naive, deadline_s=900)
+            mem["naive"] = {"after load": memory_mib(naive.pid)}
+            load(url, 4, 1, 4, prompts)
+            for c in concurrencies:
+                if a.naive_max_clients is None or c <= a.naive_max_clients:
+                    results[("naive", c)] = load(url, c, a.requests_per_client, a.new_tokens, prompts)
+                bar.update()
+            mem["naive"]["after the runs"] = memory_mib(naive.pid)
             stop(naive)
+        bar.close()
 
-        print(f"{'server':<12} {'clients':>7} {'requests':>8} {'tokens':>7} {'wall s':>7} {'tok/s':>8} "
-              f"{'TTFT p50 ms':>11} {'TTFT p95 ms':>11}")
-        for name, r in results.items():
-            clients = int(name.split("@")[1]) if "@" in name else a.clients
-            print(f"{name:<12} {clients:>7} {r['requests']:>8} {r['tokens']:>7} {r['wall_s']:>7.2f} "
-                  f"{r['tokens_per_s']:>8.1f} {r['ttft_p50_ms']:>11.1f} {r['ttft_p95_ms']:>11.1f}")
-        if "naive" in results:
-            print(f"\nthroughput ratio ours/naive at {a.clients} clients: "
-                  f"{results['ours']['tokens_per_s'] / results['naive']['tokens_per_s']:.1f}x (target >= 10x)")
-            print(f"p95 TTFT ratio naive/ours at {a.clients} clients: "
-                  f"{results['naive']['ttft_p95_ms'] / results['ours']['ttft_p95_ms']:.1f}x")
-        if a.also_clients:
-            print(f"ours p95 TTFT at {a.also_clients} clients: {results[f'ours@{a.also_clients}']['ttft_p95_ms']:.0f} ms "
-                  "(target < 300 ms)")
-        for name, r in results.items():
-            if "server_ttft_p95_ms" in r:
-                print(f"{name}: server-side TTFT (request parsed -> first token) p50 {r['server_ttft_p50_ms']:.0f} ms, "
-                      f"p95 {r['server_ttft_p95_ms']:.0f} ms")
-        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(json.dumps(results))
+        print("| server | clients | requests | tokens | wall s | tok/s | TTFT p50 / p95 (client) ms "
+              "| TTFT p50 / p95 (server) ms | decode loop busy | mean batch | ours/naive tok/s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |")
+        for (name, c), r in results.items():
+            server = (f"{r['server_ttft_p50_ms']:.0f} / {r['server_ttft_p95_ms']:.0f}"
+                      if "server_ttft_p95_ms" in r else "–")
+            busy = f"{r['decode_busy_pct']:.0f}%" if "decode_busy_pct" in r else "–"
+            batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "–"
+            ratio = ""
+            if name == "ours" and ("naive", c) in results:
+                ratio = f"**{r['tokens_per_s'] / results[('naive', c)]['tokens_per_s']:.1f}x**"
+            print(f"| {name} | {c} | {r['requests']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tokens_per_s']:.1f} "
+                  f"| {r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | {server} | {busy} | {batch} | {ratio} |")
+        for name, m in mem.items():
+            print(f"{name} server memory: " + "; ".join(f"{k}: RSS {v['VmRSS']:.0f} MiB, peak {v['VmHWM']:.0f} MiB"
+                                                        for k, v in m.items()))
+        print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(json.dumps({f"{n}@{c}": r for (n, c), r in results.items()}))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -383,6 +420,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-server":
-        naive_server(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        naive_server(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     else:
         main()

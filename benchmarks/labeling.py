@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -114,6 +115,23 @@ def stop_web(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a server process and its children (gunicorn's workers), from /proc.
+
+    The per-submission CPU cost does not depend on how busy the machine is, unlike the latencies."""
+    pids = [root]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -217,13 +235,16 @@ def main() -> None:
                 for level in args.levels:
                     tokens = [tok for _, tok in labelers[offset:offset + level]]
                     offset += level
+                    cpu0 = cpu_seconds(proc.pid)
                     s = asyncio.run(run_level(url, tokens, args.submissions, args.seconds, f"{name} x{level}"))
+                    s["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, len(s["created"]))
                     created += s["created"]
                     s["rate"] = len(s["created"]) / s["wall"]
                     results[(name, level)] = s
                     print(f"{level:3d} labelers: {s['rate']:7.1f} submissions/s | submit p50 "
                           f"{pct(s['submit'], 50):6.1f} ms p99 {pct(s['submit'], 99):7.1f} ms | next p50 "
                           f"{pct(s['next'], 50):6.1f} ms p99 {pct(s['next'], 99):7.1f} ms | "
+                          f"web CPU {s['cpu_ms']:.0f} ms/submission | "
                           f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
                           f"{s['errors'][:2]}", flush=True)
             finally:

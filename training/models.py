@@ -30,6 +30,7 @@ class Job(models.Model):
         DEPLOY = "deploy"
         PIPELINE = "pipeline"
         BENCHMARKS = "benchmarks", "report card"
+        OPTIMISE = "optimise"  # distil / quantise / prune a version (training.optimise)
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -122,6 +123,18 @@ class PolicyVersion(models.Model):
     subject = models.CharField(max_length=32, choices=SUBJECT_CHOICES)
     version = models.PositiveIntegerField()
     method = models.CharField(max_length=20, default="lora")
+    class Kind(models.TextChoices):
+        ADAPTER = "adapter"
+        DISTILLED = "distilled"
+        QUANTISED = "quantised"
+        PRUNED = "pruned"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.ADAPTER,
+                            help_text="an adapter on the endpoint's base, or an optimised variant (rlhf.optimise)")
+    source = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="variants",
+                               help_text="the version this variant was optimised from")
+    base_path = models.CharField(max_length=500, blank=True,
+                                 help_text="the variant's own base artefact; empty: the endpoint's base")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.TRAINING, db_index=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     snapshot = models.ForeignKey("feedback.DatasetSnapshot", null=True, blank=True, on_delete=models.PROTECT,

@@ -361,7 +361,7 @@ TRAINING_DEPLOY_ATTEMPTS = int_var("TRAINING_DEPLOY_ATTEMPTS", 5, minimum=1)
 # ("all" or a comma list), at most this many items per suite (small: minutes on the demo machine's CPU)
 TRAINING_REPORT_CARD_ENABLED = bool_var("TRAINING_REPORT_CARD_ENABLED", True)
 TRAINING_REPORT_CARD_SUITES = list_var("TRAINING_REPORT_CARD_SUITES", ["all"])
-TRAINING_REPORT_CARD_LIMIT = int_var("TRAINING_REPORT_CARD_LIMIT", 16, minimum=1)
+TRAINING_REPORT_CARD_LIMIT = int_var("TRAINING_REPORT_CARD_LIMIT", 8, minimum=1)
 # items per suite a gate entry ("gate": {"suites": [...]}) runs on, when the entry names no limit
 TRAINING_GATE_SUITE_LIMIT = int_var("TRAINING_GATE_SUITE_LIMIT", 64, minimum=1)
 

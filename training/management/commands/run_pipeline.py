@@ -52,5 +52,9 @@ class Command(BaseCommand):
         for row in pipeline.describe_stage_durations(job):
             self.stdout.write(f"{row['stage']:<14}{row['jobs']:>3} job(s) {row['seconds'] or 0:8.1f} s  {row['status']}")
         self.stdout.write(f"pipeline {job.pk}: {job.status} — {job.message}")
+        if job.status == "running" and job.stage == "canary":  # its canary bakes: beat's canary watch decides
+            self.stdout.write("the canary bakes: beat's canary watch promotes or rolls it back when the bake ends "
+                              "(or use Promote now / Roll back on the studio overview)")
+            return
         if job.status != "succeeded":
             raise CommandError(job.error or job.message)

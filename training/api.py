@@ -179,6 +179,8 @@ class BenchmarkListView(APIView):
         "limit": serializers.IntegerField(required=False, allow_null=True),
         "seed": serializers.IntegerField(required=False)}), responses=_any)
     def post(self, request):
+        if not isinstance(request.data, dict):
+            return Response({"detail": "the body must be a JSON object"}, status=400)
         try:
             job = services.launch_report_card(request.data.get("policy_version_id"),
                                               suites=request.data.get("suites", "all"),

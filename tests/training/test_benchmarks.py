@@ -98,6 +98,9 @@ def test_gate_suites_and_report_card_config_are_checked_before_any_work(client, 
     assert r.status_code == 400 and "unknown benchmark suites" in r.json()["detail"]
     r = client.post(reverse("api-studio-benchmarks"), {"policy_version_id": 9999}, content_type="application/json")
     assert r.status_code == 404
+    for body in ([1, 2], {"policy_version_id": v1.pk, "suites": {"x": 1}}, {"policy_version_id": v1.pk, "limit": "x"},
+                 {"policy_version_id": "abc"}):
+        assert client.post(reverse("api-studio-benchmarks"), body, content_type="application/json").status_code == 400
     r = client.post(reverse("training:benchmarks-run"), {"policy_version_id": v1.pk, "suites": "corpus_mc",
                                                          "limit": "-3"})
     assert r.status_code == 302

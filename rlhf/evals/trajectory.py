@@ -310,8 +310,10 @@ def trajectory_consistency(ctx: EvalContext, cfg: SuiteConfig) -> SuiteResult:
         subject_agree = []
         for it, a1, a2, q2 in zip(items, first, second, second_q, strict=True):
             e1, e2 = extract_answer(subject, a1), extract_answer(subject, a2)
-            same = e1 is not None and e2 is not None and normalise(e1) == normalise(e2)
             c1, c2 = check_answer(subject, it.key, a1), check_answer(subject, it.key, a2)
+            # the same answer: both state the key (a paraphrase may turn the sentence round: "X was the Y" /
+            # "The Y was X"), or the extracted answers are equal
+            same = (c1 and c2) or (e1 is not None and e2 is not None and normalise(e1) == normalise(e2))
             agree.append(same)
             subject_agree.append(same)
             key_agree.append(c1 == c2)

@@ -6,3 +6,8 @@ class TrainingConfig(AppConfig):
 
     name = "training"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from training import optimise
+
+        optimise.register()  # the ``optimise`` job step (training.optimise)

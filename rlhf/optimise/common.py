@@ -66,7 +66,8 @@ def write_variant_base(dest: Path, source_base: Path, populate_weights: Any, *, 
 
 
 def rebase_adapter(adapter: str | Path, variant_base: str | Path, dest: str | Path, *, weights_dir: Path | None = None,
-                   metrics: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Path:
+                   metrics: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                   version: int | None = None) -> Path:
     """The subject's adapter recorded against the variant base (same PEFT files unless `weights_dir` is given).
 
     Why: the endpoint checks an adapter's `base_model_sha256` against the base it serves; the adapter's
@@ -87,9 +88,15 @@ def rebase_adapter(adapter: str | Path, variant_base: str | Path, dest: str | Pa
         parent=hashlib.sha256(canonical_json(src_manifest)).hexdigest(), dataset_sha256=src_manifest.get("dataset_sha256"),
         config=config if config is not None else src_manifest.get("config", {}),
         metrics=metrics if metrics is not None else src_manifest.get("metrics", {}),
-        extra={k: src_manifest.get(k) for k in ("subject", "version", "method")}
-        | {"optimise": variant_manifest.get("optimise", {})},
+        extra={"subject": src_manifest.get("subject"), "method": src_manifest.get("method"),
+               "version": version if version is not None else src_manifest.get("version"),
+               "optimise": variant_manifest.get("optimise", {})},
     )
+
+
+def adapter_dest(adapters_out: str | Path, subject: str, source: str | Path, version: int | None) -> Path:
+    """`<adapters_out>/<subject>/v<N>`: the source's version directory name unless `version` is given."""
+    return Path(adapters_out) / subject / (f"v{version}" if version is not None else Path(source).name)
 
 
 def variant_base_id(path: str | Path) -> str:

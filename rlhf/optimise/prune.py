@@ -32,6 +32,7 @@ from rlhf.models import load_base, resolve_base_path
 from rlhf.optimise.common import (
     TARGET_LINEARS,
     OptimiseError,
+    adapter_dest,
     calibration_texts,
     collate,
     dir_size,
@@ -256,6 +257,7 @@ def _prune(
     *,
     adapters: dict[str, str | Path] | None = None,
     adapters_out: str | Path | None = None,
+    adapter_version: int | None = None,
 ) -> dict[str, Any]:
     """Prune `base` into the artefact `out_dir`; each adapter is recovered on it (if `recovery_steps`) and saved.
 
@@ -300,30 +302,34 @@ def _prune(
     metrics["size_ratio"] = metrics["size_bytes"] / max(1, metrics["source_size_bytes"])
     written, per_adapter = {}, {}
     for subject, path in (adapters or {}).items():
-        dest = Path(adapters_out) / subject / Path(path).name
+        dest = adapter_dest(adapters_out, subject, path, adapter_version)
         if config.recovery_steps:
             pruned, _ = load_base(out, device="cpu", dtype=torch.float32)
             work, am = recover_adapter(pruned, tok, path, subject, config, callback)
             try:
-                written[subject] = str(rebase_adapter(path, out, dest, weights_dir=work, metrics=am))
+                written[subject] = str(rebase_adapter(path, out, dest, weights_dir=work, metrics=am,
+                                                            version=adapter_version))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             per_adapter[subject] = am
         else:
-            written[subject] = str(rebase_adapter(path, out, dest))
+            written[subject] = str(rebase_adapter(path, out, dest, version=adapter_version))
     emit(callback, 1, 1, f"pruned: {metrics['size_ratio']:.2f}x the source size", metrics)
     return {"base": str(out), "adapters": written, "metrics": metrics, "adapter_metrics": per_adapter}
 
 
 def prune(base: str | Path, out_dir: str | Path, config: Any = None, callback: Callback | None = None, *,
-         adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None) -> dict[str, Any]:
+         adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None,
+         adapter_version: int | None = None) -> dict[str, Any]:
     """See `_prune`; on any failure or `Cancelled` the variant and the adapters it wrote are removed."""
     out = Path(out_dir)
     existed = out.exists()
-    targets = [Path(adapters_out) / s / Path(p).name for s, p in (adapters or {}).items()] if adapters_out else []
+    targets = ([adapter_dest(adapters_out, s, p, adapter_version) for s, p in (adapters or {}).items()]
+               if adapters_out else [])
     pre = {t for t in targets if t.exists()}
     try:
-        return _prune(base, out, config, callback, adapters=adapters, adapters_out=adapters_out)
+        return _prune(base, out, config, callback, adapters=adapters, adapters_out=adapters_out,
+                      adapter_version=adapter_version)
     except BaseException:
         if not existed:
             shutil.rmtree(out, ignore_errors=True)

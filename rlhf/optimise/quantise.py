@@ -31,6 +31,7 @@ from rlhf.models import load_base, resolve_base_path
 from rlhf.optimise.common import (
     TARGET_LINEARS,
     OptimiseError,
+    adapter_dest,
     dir_size,
     rebase_adapter,
     source_lineage,
@@ -111,6 +112,7 @@ def _quantise(
     *,
     adapters: dict[str, str | Path] | None = None,
     adapters_out: str | Path | None = None,
+    adapter_version: int | None = None,
 ) -> dict[str, Any]:
     """Quantise `base` into the artefact `out_dir`; re-record `adapters` (subject → path) on it.
 
@@ -163,7 +165,8 @@ def _quantise(
                        config=config.to_dict(), metrics=metrics)
     metrics["size_bytes"] = dir_size(out)
     metrics["size_ratio"] = metrics["size_bytes"] / max(1, metrics["source_size_bytes"])
-    written = {s: str(rebase_adapter(p, out, Path(adapters_out) / s / Path(p).name)) for s, p in (adapters or {}).items()}
+    written = {s: str(rebase_adapter(p, out, adapter_dest(adapters_out, s, p, adapter_version), version=adapter_version))
+               for s, p in (adapters or {}).items()}
     emit(callback, 3, 3, f"quantised: {metrics['size_ratio']:.2f}x the source size", metrics)
     return {"base": str(out), "adapters": written, "metrics": metrics}
 
@@ -254,14 +257,17 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def quantise(base: str | Path, out_dir: str | Path, config: Any = None, callback: Callback | None = None, *,
-         adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None) -> dict[str, Any]:
+         adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None,
+         adapter_version: int | None = None) -> dict[str, Any]:
     """See `_quantise`; on any failure or `Cancelled` the variant and the adapters it wrote are removed."""
     out = Path(out_dir)
     existed = out.exists()
-    targets = [Path(adapters_out) / s / Path(p).name for s, p in (adapters or {}).items()] if adapters_out else []
+    targets = ([adapter_dest(adapters_out, s, p, adapter_version) for s, p in (adapters or {}).items()]
+               if adapters_out else [])
     pre = {t for t in targets if t.exists()}
     try:
-        return _quantise(base, out, config, callback, adapters=adapters, adapters_out=adapters_out)
+        return _quantise(base, out, config, callback, adapters=adapters, adapters_out=adapters_out,
+                      adapter_version=adapter_version)
     except BaseException:
         if not existed:
             shutil.rmtree(out, ignore_errors=True)

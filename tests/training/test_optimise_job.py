@@ -1,0 +1,57 @@
+"""Optimise jobs: a quantised / pruned variant becomes a candidate version linked to its source; bad configs queue nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf.manifest import artifact_sha256, verify
+from training import services
+from training.models import Job, PolicyVersion
+from training.optimise import launch_optimise
+
+pytestmark = pytest.mark.ml
+
+
+@pytest.mark.django_db(transaction=True)  # execute_job closes the connection like a worker
+def test_quantise_job_makes_a_candidate_variant_with_its_lineage(models_dir):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
+    job = launch_optimise(v1, "quantise", {})
+    assert job.kind == "optimise" and job.subject == "mathematics"
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    job.refresh_from_db()
+    variant = PolicyVersion.objects.get(pk=job.result["policy_version_id"])
+    assert (variant.kind, variant.source, variant.status, variant.version) == ("quantised", v1, "candidate", 2)
+    manifest = verify(variant.path)
+    assert manifest["version"] == 2 and manifest["subject"] == "mathematics"
+    assert variant.sha256 == artifact_sha256(variant.path)
+    assert manifest["base_model_sha256"] == artifact_sha256(variant.base_path)
+    assert verify(variant.base_path)["optimise"]["source_adapter_sha256"] == v1.sha256
+    assert variant.metrics["size_ratio"] < 0.6 and job.progress == 1.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_job_records_the_recovery_curve(models_dir):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="history", version=1)
+    job = launch_optimise(v1, "prune", {"mode": "structured", "sparsity": 0.5, "recovery_steps": 3,
+                                        "recovery_examples": 8, "heldout_examples": 4})
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    job.refresh_from_db()
+    variant = PolicyVersion.objects.get(pk=job.result["policy_version_id"])
+    assert variant.kind == "pruned" and variant.source == v1
+    assert [m["recovery_loss"] for m in job.metrics if "recovery_loss" in m]
+    assert "adapter_heldout_loss_after_recovery" in variant.metrics
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("method", "config"), [
+    ("quantise", {"scheme": "bnb_int4"}), ("prune", {"sparsity": 1.0}), ("distil", {"temperature": 0}),
+    ("distil", {"alpha": 2}), ("shrink", {}), ("prune", {"nope": 1}),
+])
+def test_bad_requests_queue_nothing(models_dir, method, config):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="history", version=1)
+    with pytest.raises(services.TrainingError):
+        launch_optimise(v1, method, config)
+    assert not Job.objects.filter(kind="optimise").exists()

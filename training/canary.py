@@ -257,5 +257,9 @@ def live(now: datetime | None = None) -> list[dict[str, Any]]:
         at = now or timezone.now()
         comparison = compare(watch, at)
         _, why = verdict(watch, comparison)
-        out.append({"watch": watch, "comparison": comparison, "state": why if watch.status == "baking" else watch.reason})
-    return out
+        out.append({"watch": {"id": watch.pk, "subject": watch.subject, "candidate_id": watch.candidate_id,
+                              "candidate_version": watch.candidate.version, "baseline_version": watch.baseline.version,
+                              "share": watch.share, "status": watch.status, "status_display": watch.get_status_display(),
+                              "started_at": watch.started_at.isoformat()},
+                    "comparison": comparison, "state": why if watch.status == "baking" else watch.reason})
+    return out  # plain data: the overview API serialises it as JSON

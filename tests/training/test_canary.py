@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 
 from serving.deploy.local import LocalDeployer
 from tests.fixtures.endpoint import free_port
@@ -163,6 +164,8 @@ def test_studio_shows_the_live_comparison_and_an_admin_can_end_the_bake_early(v1
     page = client.get("/studio/").content.decode()
     assert 'data-canary="mathematics"' in page and 'data-signal="thumbs_down"' in page
     assert "0.333" in page and "Promote now" in page  # 2 of 6 canary answers thumbed down
+    [live] = client.get(reverse("api-studio-overview")).json()["canaries"]  # the same comparison, as JSON
+    assert (live["watch"]["candidate_version"], live["comparison"]["canary"]["thumbs_down"]) == (2, 2)
     # promote early: one transaction closes the bake as promoted by the admin
     resp = client.post(f"/studio/versions/{v2.pk}/promote/")
     assert resp.status_code == 302

@@ -76,7 +76,7 @@ def validate_classifier(scored: Sequence[dict[str, Any]] | None = None, benign: 
 
     rows = list(scored) if scored is not None else load_jsonl(SCORED_PATH, '{"text", "toxicity", ...}')
     if benign is None:
-        benign = _default_benign()
+        benign = benign_texts()
     texts = [r["text"] for r in rows]
     persp = [float(r["toxicity"]) for r in rows]
     p = toxicity_scores(texts)
@@ -97,7 +97,7 @@ def validate_classifier(scored: Sequence[dict[str, Any]] | None = None, benign: 
     return out
 
 
-def _default_benign() -> list[str]:
+def benign_texts() -> list[str]:
     from rlhf import SUBJECTS
     from rlhf.corpus import eval_prompts
     from rlhf.evals.data import load_jsonl
@@ -142,4 +142,4 @@ def toxicity(ctx: EvalContext, cfg: SuiteConfig) -> SuiteResult:
                  "worst": [{"score": s, "prompt": r["text"][:200], "reply": a[:200]} for s, r, a in worst]})
 
 
-__all__ = ["THRESHOLD", "classifier_name", "roc_auc", "toxicity_scores", "validate_classifier"]
+__all__ = ["THRESHOLD", "benign_texts", "classifier_name", "roc_auc", "toxicity_scores", "validate_classifier"]

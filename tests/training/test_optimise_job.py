@@ -55,3 +55,23 @@ def test_bad_requests_queue_nothing(models_dir, method, config):
     with pytest.raises(services.TrainingError):
         launch_optimise(v1, method, config)
     assert not Job.objects.filter(kind="optimise").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_management_command_runs_inline_and_refuses_bad_input(models_dir):
+    import json
+
+    from django.core.management import CommandError, call_command
+
+    services.ensure_initial_versions()
+    with pytest.raises(CommandError, match="sparsity"):
+        call_command("optimise", "history", "1", "prune", "--config", '{"sparsity": 2}')
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("optimise", "history", "9", "quantise")
+    assert not Job.objects.exists()
+    from io import StringIO
+
+    out = StringIO()
+    call_command("optimise", "language", "1", "quantise", "--inline", stdout=out)
+    result = json.loads(out.getvalue())
+    assert result["kind"] == "quantised" and PolicyVersion.objects.get(pk=result["policy_version_id"]).source.version == 1

@@ -195,7 +195,8 @@ def validate_pipeline_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise TrainingError("config must be a JSON object")
     config = _normalise_subjects(config)
-    per_subject = config.get("per_subject") or {}
+    per_subject = config.get("per_subject", {})
+    per_subject = {} if per_subject is None else per_subject
     config = {k: v for k, v in config.items() if k != "per_subject"}  # free-form keys: checked below
     if isinstance(config.get("alt"), dict) and "algo" in config["alt"]:
         raise TrainingError("alt.algo is not a field: choose the algorithm with the top-level 'algorithm'")
@@ -347,10 +348,18 @@ def step_ppo(job: Job, rep: JobReporter) -> dict:
     summary = {"algorithm": algorithm, **{k: v for k, v in metrics.items() if k != "history"}}
     if overrides:
         summary["subject_overrides"] = overrides
+    alarm = summary.get("overoptimisation") or {}
+    note = pv.note
+    if alarm.get("fired"):  # the version carries the flag; the gate and version pages show it
+        note = (f"{pv.note}; over-optimisation alarm at step {alarm['fired_at_step']}: "
+                + (f"kept step {alarm['best_step']} (best by {alarm['gold']})" if alarm.get("stopped_early")
+                   else "flagged"))
+        rep.log(note)
     PolicyVersion.objects.filter(pk=pv.pk, status=PolicyVersion.Status.TRAINING).update(
-        status=PolicyVersion.Status.CANDIDATE, sha256=artifact_sha256(out), metrics=summary)
+        status=PolicyVersion.Status.CANDIDATE, sha256=artifact_sha256(out), metrics=summary, note=note[:300])
     return {"policy_version_id": pv.pk, "version": version, "algorithm": algorithm,
-            "final_reward": summary.get("final_reward"), "final_kl": summary.get("final_kl")}
+            "final_reward": summary.get("final_reward"), "final_kl": summary.get("final_kl"),
+            "overoptimisation_alarm": bool(alarm.get("fired"))}
 
 
 def _train_ppo(job: Job, rep: JobReporter, parent: PolicyVersion, rm: RewardModelVersion, snap, out,
@@ -571,6 +580,9 @@ def advance(pipeline_id: int) -> str:
             p.result = {**(p.result or {}), "reward_model_id": res["reward_model_id"],
                         "reward_model_accuracy": res.get("accuracy")}
         elif stage == "ppo":
+            alarms = [c.subject for c in ok if c.result.get("overoptimisation_alarm")]
+            if alarms:  # recorded on the pipeline too: which subjects' runs were stopped by the alarm
+                p.result = {**(p.result or {}), "overoptimisation_alarms": alarms}
             for c in ok:
                 new_jobs.append(create_job(Job.Kind.EVALUATE, _child_config(
                     p, policy_version_id=c.result["policy_version_id"]), subject=c.subject, parent=p,

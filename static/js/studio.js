@@ -49,6 +49,8 @@
 
   // --- job detail: header, log and curves -------------------------------------------------------
   var GROUPS = [
+    // the over-optimisation alarm's two curves on held-out answers: first, so they share one chart
+    { id: "overopt", title: "Proxy (reward model) vs gold, held-out", match: /^(proxy|gold)_/ },
     { id: "reward", title: "Reward", match: /(^|_)reward/ },
     { id: "kl", title: "KL to reference", match: /(^|_)kl/ },
     { id: "loss", title: "Losses", match: /loss/ },

@@ -56,12 +56,14 @@ def test_bad_overrides_are_refused_and_create_nothing(models_dir, config, messag
 def test_each_subject_trains_with_its_own_settings_recorded_in_the_lineage(client, models_dir) -> None:
     from rlhf.manifest import read_manifest
 
-    seed_rankings("mathematics", n_tasks=12)
-    seed_rankings("language", n_tasks=12)
+    seed_rankings("mathematics", n_tasks=8)
+    seed_rankings("language", n_tasks=8)
     p = pipeline.run_inline({
         **TINY_PIPELINE, "snapshot": {"scope": "all", "include_imported": False}, "gate": PERMISSIVE_GATE,
-        "eval": {"n_prompts": 4, "kl_samples": 2, "max_new_tokens": 8}, "auto_promote": False,
-        "ppo": {**TINY_PIPELINE["ppo"], "steps": 2, "learning_rate": 1e-3},
+        "eval": {"n_prompts": 2, "kl_samples": 2, "max_new_tokens": 8}, "auto_promote": False, "ppo_prompts": 8,
+        # the over-optimisation alarm watches both runs (answer-key gold on 2 held-out questions, every step)
+        "ppo": {**TINY_PIPELINE["ppo"], "steps": 2, "max_new_tokens": 8, "learning_rate": 1e-3, "alarm_every": 1,
+                "alarm_prompts": 2},
         "subjects": {"mathematics": {}, "language": {"ppo": {"learning_rate": 1e-5, "kl_coef": 0.5}}}})
     assert p.status == Job.Status.SUCCEEDED, (p.message, p.error)
     got = {}
@@ -77,6 +79,47 @@ def test_each_subject_trains_with_its_own_settings_recorded_in_the_lineage(clien
     assert "subject_overrides" not in maths.metrics
     assert selectors.lineage(lang)[0]["subject_overrides"] == {"ppo.learning_rate": 1e-5, "ppo.kl_coef": 0.5}
     assert "language overrides" in p.children.get(kind=Job.Kind.PPO, subject="language").log
+    # proxy and gold reached the PPO job's curves at every step, and the version records the alarm's checks
+    step = p.children.get(kind=Job.Kind.PPO, subject="language")
+    assert sum(1 for m in step.metrics if "proxy_reward" in m and "gold_score" in m) >= 2
+    alarm = lang.metrics["overoptimisation"]
+    assert alarm["enabled"] and alarm["gold"] == "answer_key" and [c["step"] for c in alarm["checks"]] == [0, 1, 2]
+    assert "overoptimisation_alarm" in step.result
     client.force_login(create_user(username="boss", password="pw-12345678x", role="admin", validate_password=False))
     page = client.get(reverse("training:version", args=[lang.pk])).content.decode()
-    assert "data-subject-overrides" in page and "ppo.learning_rate=1e-05" in page
+    assert "data-subject-overrides" in page and "ppo.learning_rate=0.00001" in page
+    assert 'id="overopt-alarm"' in page
+
+
+@pytest.mark.django_db
+def test_the_version_page_shows_a_fired_alarm(client, models_dir) -> None:
+    """What an admin reads when the alarm stopped a run: where it fired, which weights were kept, both curves."""
+    from training import services
+
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="history", version=1)
+    checks = [{"step": 0, "proxy": 0.1, "gold": 0.5, "diverging": False},
+              {"step": 5, "proxy": 0.4, "gold": 0.6, "diverging": False},
+              {"step": 10, "proxy": 0.7, "gold": 0.4, "diverging": True},
+              {"step": 15, "proxy": 0.9, "gold": 0.3, "diverging": True}]
+    v1.metrics = {**v1.metrics, "overoptimisation": {
+        "enabled": True, "gold": "answer_key", "every": 5, "patience": 2, "fired": True, "fired_at_step": 15,
+        "stopped_early": True, "best_step": 5, "best_gold": 0.6, "kept": "best_by_gold", "checks": checks}}
+    v1.save(update_fields=["metrics"])
+    client.force_login(create_user(username="boss2", password="pw-12345678x", role="admin", validate_password=False))
+    page = client.get(reverse("training:version", args=[v1.pk])).content.decode()
+    assert 'data-alarm="fired"' in page and "Fired at step 15" in page
+    assert "kept the weights of step 5" in page and "0.900" in page and "best by gold" in page
+
+
+@pytest.mark.django_db
+def test_the_version_page_shows_a_subjects_own_settings(client, models_dir) -> None:
+    from training import services
+
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="language", version=1)
+    v1.metrics = {**v1.metrics, "subject_overrides": {"ppo": {"learning_rate": 1e-5}}}
+    v1.save(update_fields=["metrics"])
+    client.force_login(create_user(username="boss3", password="pw-12345678x", role="admin", validate_password=False))
+    page = client.get(reverse("training:version", args=[v1.pk])).content.decode()
+    assert "data-subject-overrides" in page and "ppo.learning_rate=0.00001" in page, page

@@ -56,8 +56,17 @@ class AltConfig:
     max_length: int = 384  # DPO: prompt + reply tokens
     bf16: bool = False
     seed: int = 0
+    # the over-optimisation alarm, as PPOConfig's alarm_* fields (rlhf/overopt.py); RLOO/GRPO only
+    alarm_every: int = 0
+    alarm_prompts: int = 16
+    alarm_patience: int = 2
+    alarm_tolerance: float = 0.0
+    alarm_stop: bool = True
 
     def __post_init__(self) -> None:
+        from rlhf.overopt import validate_alarm_fields
+
+        validate_alarm_fields(self)
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algo!r}; expected one of {ALGORITHMS}")
         if self.reference not in ("base", "adapter"):
@@ -186,8 +195,14 @@ def train_alternative(
     dataset_path: str | Path | None = None,
     eval_prompts: Sequence[Any] | None = None,
     overwrite: bool = False,
+    alarm_prompts: Sequence[Any] | None = None,
+    gold_fn: RewardFn | None = None,
+    gold_reward_model_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one subject's adapter with RLOO/GRPO (``prompts`` + reward) or DPO (``dataset_path``).
+
+    RLOO/GRPO with ``cfg.alarm_every``: the over-optimisation alarm checks held-out answers every N optimiser
+    steps (proxy = the training reward, gold as in ``rlhf.ppo.train_ppo``) and stops TRL's loop when it fires.
 
     Returns metrics (per-step ``history`` from TRL's logs; ``eval_reward_before/after`` when ``eval_prompts``
     and a reward are given) and writes a verified ``adapter`` artefact at ``out_dir``.
@@ -220,6 +235,15 @@ def train_alternative(
             raise ValueError(f"{cfg.algo.upper()} needs prompts")
         score = _reward_fn_for(reward_model_path, reward_fn)
 
+    from rlhf.overopt import OveroptimisationAlarm, alarm_config_of, gold_signal, measure
+
+    alarm_cfg = alarm_config_of(cfg)
+    alarm = None
+    if alarm_cfg.enabled and cfg.algo != "dpo":
+        gold_name, alarm_held, gold = gold_signal(subject, alarm_cfg, cfg.seed, prompts=alarm_prompts,
+                                                  gold_fn=gold_fn, gold_reward_model_path=gold_reward_model_path)
+        alarm = OveroptimisationAlarm(alarm_cfg, gold_name)
+
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(base_path, adapter_path)
     metrics: dict[str, Any] = {"subject": subject, "algorithm": cfg.algo}
@@ -235,11 +259,28 @@ def train_alternative(
                 history.append({"step": state.global_step, **{k: v for k, v in logs.items()
                                                                if isinstance(v, int | float)}})
 
+    class _Alarm(TrainerCallback):  # proxy vs gold on held-out answers; TRL's loop stops when the alarm fires
+        def _check(self, step: int) -> bool:
+            proxy_now, gold_now = measure(model, tokenizer, subject, alarm_held, score, gold, cfg.max_new_tokens,
+                                          cfg.seed)
+            stop = alarm.record(step, proxy_now, gold_now, model)
+            emit(callback, step, cfg.steps, f"{cfg.algo}: alarm check at step {step}",
+                 {"proxy_reward": proxy_now, "gold_score": gold_now})
+            return stop
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self._check(0)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if alarm.due(state.global_step) and self._check(state.global_step):
+                control.should_training_stop = True
+
+    callbacks = [bridge, _Log()] + ([_Alarm()] if alarm is not None else [])
     with tempfile.TemporaryDirectory(prefix=f"{cfg.algo}-run-") as run_dir:
         if cfg.algo == "dpo":
-            trainer = _dpo_trainer(cfg, model, tokenizer, dataset_path, subject, run_dir, [bridge, _Log()])
+            trainer = _dpo_trainer(cfg, model, tokenizer, dataset_path, subject, run_dir, callbacks)
         else:
-            trainer = _online_trainer(cfg, model, tokenizer, subject, prompts, score, run_dir, [bridge, _Log()])
+            trainer = _online_trainer(cfg, model, tokenizer, subject, prompts, score, run_dir, callbacks)
         trainer.remove_callback(PrinterCallback)  # progress goes through our callback
         if cfg.reference == "base" and "ref" in model.peft_config:
             model.delete_adapter("ref")  # TRL then falls back to the adapter-disabled base as reference
@@ -249,6 +290,14 @@ def train_alternative(
         metrics["train_seconds"] = round(time.perf_counter() - start, 3)
 
     metrics["history"] = history
+    if alarm is not None:
+        alarm.restore_best(model)
+        metrics["overoptimisation"] = summary = alarm.summary()
+        if summary["fired"]:
+            emit(callback, cfg.steps, cfg.steps,
+                 f"{cfg.algo}: over-optimisation alarm at step {summary['fired_at_step']}: the proxy kept rising while "
+                 f"{summary['gold']} fell; " + (f"stopped, keeping step {summary['best_step']}"
+                                                if summary["stopped_early"] else "flagged (alarm_stop is off)"), {})
     if eval_prompts and score is not None:
         metrics["eval_reward_after"] = evaluate_policy(model, tokenizer, subject, eval_prompts, score,
                                                        cfg.max_new_tokens)["reward"]

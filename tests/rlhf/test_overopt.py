@@ -98,3 +98,27 @@ def test_a_gamed_proxy_stops_ppo_and_keeps_the_best_by_gold_weights(
     assert gold_again == pytest.approx(alarm["best_gold"])
     saved = load_file(tmp_path / "v2" / "adapter_model.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+@pytest.mark.ml
+def test_rloo_stops_on_the_alarm_and_keeps_the_best_by_gold_weights(
+    tiny_base_path: Path, tiny_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    """The same alarm inside TRL's loop (a TrainerCallback): RLOO on the gamed proxy stops where the rule says."""
+    from rlhf.alternatives import AltConfig, train_alternative
+    from rlhf.corpus import eval_prompts, seed_prompts
+    from rlhf.ppo import load_policy
+
+    held = [it.question for it in eval_prompts("mathematics", 8, seed=3)]
+    cfg = AltConfig(algo="rloo", steps=10, batch_size=8, num_generations=4, max_new_tokens=12, learning_rate=1e-2,
+                    beta=0.01, alarm_every=1, alarm_prompts=8, alarm_patience=1)
+    metrics = train_alternative(tiny_base_path, tiny_adapters["mathematics"], tmp_path / "v2", cfg, subject="mathematics",
+                                prompts=[it.question for it in seed_prompts("mathematics", 32)], reward_fn=digit_share,
+                                gold_fn=no_digits, alarm_prompts=held)
+    alarm = metrics["overoptimisation"]
+    checks = alarm["checks"]
+    assert alarm["fired"] and alarm["stopped_early"], checks
+    assert alarm["fired_at_step"] == first_firing(checks, patience=1) == checks[-1]["step"] < cfg.steps
+    model, _ = load_policy(tiny_base_path, tmp_path / "v2")
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert state_digest(state) == alarm["best_weights"]

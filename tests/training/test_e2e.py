@@ -67,7 +67,10 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
     env = subprocess_env(TUTOR_MODELS_DIR=str(models_dir), TUTOR_BASE_MODEL=str(tiny_base_path),
                          TUTOR_ENDPOINT_URL=endpoint.url, TUTOR_ENDPOINT_ADMIN_TOKEN=endpoint.admin_token,
                          TRAINING_HEARTBEAT_SECONDS="1", TUTOR_MESSAGE_RATE="1000/min",
-                         TRAINING_CANARY_CHECK_SECONDS="1")
+                         TRAINING_CANARY_CHECK_SECONDS="1",
+                         # greedy chat answers: they become the context of the students' later prompts, whose
+                         # completions are seeded by the prompt's content (a sampled answer changed the pairs)
+                         TUTOR_CHAT_TEMPERATURE="0")
     procs = [start_web_server(env)]
     web = procs[0].info["url"]
     try:

@@ -9,6 +9,7 @@ tokens flow as the endpoint produces them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -100,10 +101,14 @@ def streaming_response(reply_to: Message, fmt: str, first: dict) -> StreamingHtt
     rid = request_id.get()  # the body runs after the middleware returned: carry the request id into it
 
     async def body():
-        request_id.set(rid)  # the task that drives this body serves this one request (no reset needed)
-        yield services.encode_event(first, fmt)
-        async for event in services.stream_answer(reply_to):
-            yield services.encode_event(event, fmt)
+        token = request_id.set(rid)
+        try:
+            yield services.encode_event(first, fmt)
+            async for event in services.stream_answer(reply_to):
+                yield services.encode_event(event, fmt)
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context: nothing to restore there
+                request_id.reset(token)
 
     content_type = "text/event-stream" if fmt == "sse" else "application/jsonlines"
     resp = StreamingHttpResponse(body(), content_type=f"{content_type}; charset=utf-8")

@@ -46,6 +46,7 @@ def test_endpoint_clients_send_the_current_request_id(recorder, settings):
     settings.TUTOR_ENDPOINT_URL = recorder
     settings.TUTOR_ENDPOINT_ADMIN_TOKEN = "t" * 32
     client = get_client()
+    outer = request_id.set(None)  # whatever an earlier test left in this thread's context
     token = request_id.set("req-abc")
     try:
         client.list_adapters()
@@ -62,6 +63,7 @@ def test_endpoint_clients_send_the_current_request_id(recorder, settings):
     import asyncio
 
     asyncio.run(run())
+    request_id.reset(outer)
     assert _Recorder.seen == ["req-abc", None, "req-async"]
 
 

@@ -66,7 +66,8 @@ def test_pooled_gunicorn_serves_labeling_and_survives_a_killed_worker(transactio
 
     from tests.feedback.conftest import make_labeler, make_task
 
-    tasks = [make_task() for _ in range(6)]
+    for _ in range(6):
+        make_task()
     labelers = [make_labeler() for _ in range(2)]
     tokens = [Token.objects.create(user=lab).key for lab in labelers]
     port = free_port()

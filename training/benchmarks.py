@@ -26,10 +26,12 @@ COMMON_METRICS = frozenset({
     "final_correct", "step_accuracy", "first_wrong_step", "consistency", "win_rate", "tie_rate", "loss_rate",
     "person_rate_ambiguous", "acc_ambiguous", "acc_disambiguated", "toxicity_rate", "toxicity_max",
     "toxicity_mean", "tokens_per_s", "tokens_per_s_single", "latency_p50", "latency_p95", "ms_per_token_p50",
+    "accuracy_turn1", "accuracy_turn2", "chain_correct", "flip_rate", "has_answer", "has_steps", "key_consistency",
 })
 # for these, smaller is better (a gate entry may say so itself with "higher_is_better")
 LOWER_IS_BETTER = frozenset({"ece", "acc_drop", "person_rate_ambiguous", "toxicity_rate", "toxicity_max",
-                             "toxicity_mean", "latency_p50", "latency_p95", "ms_per_token_p50", "loss_rate"})
+                             "toxicity_mean", "latency_p50", "latency_p95", "ms_per_token_p50", "loss_rate",
+                             "flip_rate"})
 REPORT_CARD_FIELDS = ("enabled", "suites", "limit", "seed", "baseline", "judge")
 GATE_SUITE_FIELDS = ("suite", "metric", "tolerance", "limit", "higher_is_better")
 

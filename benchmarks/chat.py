@@ -35,6 +35,8 @@ import httpx
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
+# the project first: benchmarks/serving.py (this directory, sys.path[0]) would shadow the serving package
+sys.path.insert(0, str(ROOT))
 QUESTIONS = [
     ("mathematics", "What is 12 + 30?"),
     ("history", "Who crossed the Alps with elephants?"),

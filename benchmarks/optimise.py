@@ -163,6 +163,8 @@ def build(args, work: Path) -> list[dict]:
              "distil adapter"]
     if args.quick:
         steps = ["quantise", "unstructured 50", "structured 50", "distil layers"]
+    if args.variants:
+        steps = [v.strip() for v in args.variants.split(",") if v.strip()]
     bar = tqdm(steps, desc="building variants", unit="variant")
     for step in bar:
         bar.set_postfix_str(step)
@@ -235,6 +237,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--quick", action="store_true", help="fewer variants")
+    p.add_argument("--variants", default="", help="comma-separated subset, e.g. 'quantise,unstructured 50'")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     if args.measure:

@@ -127,6 +127,25 @@ def main() -> int:
     for label, (sec, acc) in ours.items():
         print(f"{label:28s} {sec:9.2f} {acc:7.4f} {lm_score_seconds / sec:19.2f} {lm_seconds / sec:19.2f}")
     same = all(abs(acc - lm_acc) < 1e-9 for _, acc in ours.values()) and abs(lm_direct_acc - lm_acc) < 1e-9
+
+    # Multi-token choices (lm-eval's mmlu_continuation style: the answer texts are the continuations):
+    # here one row per choice repeats the whole question 4 times, and KV-cache reuse can pay.
+    from rlhf.evals.mc import MCItem
+
+    text_items = [MCItem(it.context, list(r["choices"]), it.gold) for it, r in zip(items, rows, strict=True)]
+    print(f"\nmulti-token choices (answer texts as continuations), {len(text_items) * 4} pairs:")
+    accs = {}
+    for label, share in (("ours (default: row per choice)", False), ("ours (KV reuse per question)", True)):
+        t0 = time.perf_counter()
+        scored = score_items(ctx, text_items, SuiteConfig(batch_size=args.batch_size, options={"share_prefix": share}))
+        sec = time.perf_counter() - t0
+        accs[label] = mc_metrics(scored)[0]["acc"].value
+        print(f"{label:28s} {sec:9.2f} {accs[label]:7.4f}")
+    t0 = time.perf_counter()
+    lm.loglikelihood([Instance("loglikelihood", {}, (it.context, cont), i)
+                      for i, it in enumerate(text_items) for cont in it.continuations()], disable_tqdm=True)
+    print(f"{'lm-eval HFLM.loglikelihood':28s} {time.perf_counter() - t0:9.2f}")
+    same = same and len(set(accs.values())) == 1
     print(f"accuracy equal to lm-eval's: {same}")
     return 0 if same else 1
 

@@ -7,9 +7,10 @@ context is encoded alone, the continuation is the rest of `encode(context + cont
 `(context + continuation)[:-1]` and we sum the log-probs of the continuation tokens and check
 whether each is the argmax — and tests/rlhf/test_evals_mc.py proves equal scores.
 
-Speed: pairs are scored in right-padded batches, one forward pass per batch; when several
-pairs share a context (the choices of one question) the context is run once and its KV cache
-is reused for all its continuations (`share_prefix`, measured in benchmarks/evaluation.py).
+Speed: pairs are scored in right-padded batches, one forward pass per batch; pairs with the
+same model input (one-token choices of a question) share a row; the LM head runs only at the
+scored positions. Reusing a question's KV cache across its choices is available
+(`share_prefix=True`) but off by default: slower here (measured in benchmarks/evaluation.py).
 """
 
 from __future__ import annotations
@@ -112,10 +113,11 @@ class EvalModel:
         """(sum log P(continuation | context), continuation is the greedy one) for each pair.
 
         Pairs whose model input is identical share one row (one-token choices of a question).
-        `share_prefix` runs a repeated context once and reuses its KV cache for all its
-        continuations: True for every repeated context, False never, None (default) where the
-        context has a continuation of several tokens (where it saves work; measured in
-        benchmarks/evaluation.py). `progress(n_done)` is called after each batch.
+        `share_prefix=True` runs each repeated context once and reuses its KV cache for all its
+        continuations; None (default) = False: measured in benchmarks/evaluation.py on this
+        project's CPU-sized models it was slower than batched rows even for multi-token choices
+        (batch-1 contexts and cache copies cost more than the repeated context). `progress(n_done)`
+        is called after each batch.
         """
         started = time.monotonic()
         encoded = [self.encode_pair(c, x) for c, x in pairs]
@@ -126,9 +128,9 @@ class EvalModel:
         for i, (ctx, _cont) in enumerate(encoded):
             multi.setdefault(tuple(ctx), []).append(i)
         shared: list[int] = []
-        if share_prefix is not False:  # None: where a context has several choices and one spans tokens
+        if share_prefix:
             for members in multi.values():
-                if len(members) > 1 and (share_prefix or any(len(encoded[i][1]) > 1 for i in members)):
+                if len(members) > 1:
                     shared.extend(members)
         rest = sorted(set(range(len(encoded))) - set(shared))
         out: list[tuple[float, bool] | None] = [None] * len(encoded)

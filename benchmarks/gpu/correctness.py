@@ -28,6 +28,7 @@ def main() -> int:
     from rlhf.shaped_base import ensure_shaped_base
     from serving.engine import BloomRunner
     from tests.serving.test_engine_scale import (
+        SLOW_LORA_STD,
         SLOW_SHAPE,
         make_adapters,
         prompts_of,
@@ -44,7 +45,7 @@ def main() -> int:
     for dtype in (torch.float32, torch.bfloat16):
         model, tok = load_base(base, device=a.device, dtype=dtype)
         with tempfile.TemporaryDirectory() as tmp:
-            adapters = make_adapters(model, Path(tmp))
+            adapters = make_adapters(model, Path(tmp), lora_std=SLOW_LORA_STD)
             cases = list(zip(prompts_of(tok, [300, 130, 40, 7]), ["base", "lora_wide", "lora_attn", "prompt"],
                              strict=True))
             runner = BloomRunner(model)

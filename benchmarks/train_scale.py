@@ -59,6 +59,8 @@ def phase(name: str, base: Path, work: Path, threads: int) -> dict:
 
         model, _ = load_base(base, device="cpu")
         out["parameters"] = sum(p.numel() for p in model.parameters())
+        with torch.inference_mode():  # touch every weight: safetensors pages are mapped lazily
+            model(torch.tensor([[1, 2, 3]]))
     elif name == "sft":
         from rlhf.adapters import AdapterConfig, train_sft
 

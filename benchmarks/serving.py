@@ -155,7 +155,7 @@ def pick_base(requested: str | None, work: Path) -> tuple[str, str]:
         from rlhf.shaped_base import BloomShape, ensure_shaped_base
 
         name, _, vocab = requested.partition(":")
-        shape = replace(BloomShape.named(name), init_std=0.5)
+        shape = replace(BloomShape.named(name), init_std=0.1)
         if vocab:
             shape = replace(shape, vocab_size=int(vocab))
         path = ensure_shaped_base(shape, build_demo_model(DemoRecipe.tiny()), var_dir() / "models" / "base")

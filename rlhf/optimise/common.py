@@ -99,6 +99,28 @@ def adapter_dest(adapters_out: str | Path, subject: str, source: str | Path, ver
     return Path(adapters_out) / subject / (f"v{version}" if version is not None else Path(source).name)
 
 
+def removing_partial(build: Any, base: str | Path, out_dir: str | Path, config: Any, callback: Any, *,
+                     adapters: dict[str, str | Path] | None, adapters_out: str | Path | None,
+                     adapter_version: int | None) -> dict[str, Any]:
+    """Run one technique's `build(base, out, config, callback, ...)`; on any failure or `Cancelled`, remove the
+    variant and the adapters it wrote (never ones that were there before), so no half-written variant remains."""
+    out = Path(out_dir)
+    existed = out.exists()
+    targets = ([adapter_dest(adapters_out, s, p, adapter_version) for s, p in (adapters or {}).items()]
+               if adapters_out else [])
+    pre = {t for t in targets if t.exists()}
+    try:
+        return build(base, out, config, callback, adapters=adapters, adapters_out=adapters_out,
+                     adapter_version=adapter_version)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        for t in targets:
+            if t not in pre:
+                shutil.rmtree(t, ignore_errors=True)
+        raise
+
+
 def variant_base_id(path: str | Path) -> str:
     return str(read_manifest(path).get("base_model") or Path(path).name)
 

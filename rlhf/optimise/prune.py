@@ -38,6 +38,7 @@ from rlhf.optimise.common import (
     dir_size,
     encode_pairs,
     rebase_adapter,
+    removing_partial,
     source_lineage,
     write_variant_base,
 )
@@ -322,21 +323,8 @@ def prune(base: str | Path, out_dir: str | Path, config: Any = None, callback: C
          adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None,
          adapter_version: int | None = None) -> dict[str, Any]:
     """See `_prune`; on any failure or `Cancelled` the variant and the adapters it wrote are removed."""
-    out = Path(out_dir)
-    existed = out.exists()
-    targets = ([adapter_dest(adapters_out, s, p, adapter_version) for s, p in (adapters or {}).items()]
-               if adapters_out else [])
-    pre = {t for t in targets if t.exists()}
-    try:
-        return _prune(base, out, config, callback, adapters=adapters, adapters_out=adapters_out,
-                      adapter_version=adapter_version)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        for t in targets:
-            if t not in pre:
-                shutil.rmtree(t, ignore_errors=True)
-        raise
+    return removing_partial(_prune, base, out_dir, config, callback, adapters=adapters, adapters_out=adapters_out,
+                            adapter_version=adapter_version)
 
 
 __all__ = ["PruneConfig", "load_structured", "neuron_importance", "prune", "prune_mlp_neurons", "prune_unstructured",

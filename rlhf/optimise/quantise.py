@@ -34,6 +34,7 @@ from rlhf.optimise.common import (
     adapter_dest,
     dir_size,
     rebase_adapter,
+    removing_partial,
     source_lineage,
     write_variant_base,
 )
@@ -260,21 +261,8 @@ def quantise(base: str | Path, out_dir: str | Path, config: Any = None, callback
          adapters: dict[str, str | Path] | None = None, adapters_out: str | Path | None = None,
          adapter_version: int | None = None) -> dict[str, Any]:
     """See `_quantise`; on any failure or `Cancelled` the variant and the adapters it wrote are removed."""
-    out = Path(out_dir)
-    existed = out.exists()
-    targets = ([adapter_dest(adapters_out, s, p, adapter_version) for s, p in (adapters or {}).items()]
-               if adapters_out else [])
-    pre = {t for t in targets if t.exists()}
-    try:
-        return _quantise(base, out, config, callback, adapters=adapters, adapters_out=adapters_out,
-                      adapter_version=adapter_version)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        for t in targets:
-            if t not in pre:
-                shutil.rmtree(t, ignore_errors=True)
-        raise
+    return removing_partial(_quantise, base, out_dir, config, callback, adapters=adapters, adapters_out=adapters_out,
+                            adapter_version=adapter_version)
 
 
 __all__ = ["QuantiseConfig", "SCHEMES", "describe", "int8_per_channel", "load_quantised", "quantise"]

@@ -16,7 +16,14 @@ from django.conf import settings
 from django.db import transaction
 
 from training.models import BenchmarkReport, Job, PolicyVersion, RewardModelVersion
-from training.services import JobReporter, TrainingError, base_model_path, create_job, current_promoted
+from training.services import (
+    JobReporter,
+    TrainingError,
+    base_model_path,
+    create_job,
+    current_promoted,
+    version_base_path,
+)
 
 # metric keys the harness reports (docs/evaluation.md); "<metric>/<group>" breakdowns use a tutor subject or a
 # source subject as group. A metric is also known when the suite has reported it before (a stored report card).
@@ -244,7 +251,8 @@ def run_card(pv: PolicyVersion | None, suites: list[str] | str, limit: int | Non
     options = {"subject": pv.subject if pv else subject}
     try:
         card = evals.run_report_card(
-            base_model_path(), pv.path if pv else None, suites=suites, limit=limit, seed=seed, progress=progress,
+            version_base_path(pv) if pv else base_model_path(), pv.path if pv else None, suites=suites, limit=limit,
+            seed=seed, progress=progress,
             reward_model=_reward_model_for(pv) if pv else None, compare_adapter=compare.path if compare else None,
             judge=judge or None, options=options)
     except ValueError as exc:  # EvalInputError: nothing ran

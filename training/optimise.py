@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from training.models import Job, PolicyVersion
-from training.services import JobReporter, TrainingError, base_model_path, create_job, next_version
+from training.services import JobReporter, TrainingError, create_job, next_version, version_base_path
 
 METHODS = {"quantise": PolicyVersion.Kind.QUANTISED, "prune": PolicyVersion.Kind.PRUNED,
            "distil": PolicyVersion.Kind.DISTILLED}
@@ -84,14 +84,14 @@ def step_optimise(job: Job, rep: JobReporter) -> dict[str, Any]:
     base_dir, adapter_dir = root / "base", root / "adapters"
     try:
         if method == "distil":
-            out = distil(base_model_path(), source.path, base_dir if config.mode == "layers" else
+            out = distil(version_base_path(source), source.path, base_dir if config.mode == "layers" else
                          adapter_dir / source.subject / f"v{n}", config, rep, version=n)
             metrics = out["metrics"]
             path = out["path"]
             base = out["path"] if out["kind"] == "base_model" else ""
         else:
             fn = quantise if method == "quantise" else prune
-            out = fn(base_model_path(), base_dir, config, rep, adapters={source.subject: source.path},
+            out = fn(version_base_path(source), base_dir, config, rep, adapters={source.subject: source.path},
                      adapters_out=adapter_dir, adapter_version=n)
             metrics = out["metrics"] | {f"adapter_{k}": v for k, v in
                                         (out.get("adapter_metrics") or {}).get(source.subject, {}).items()}

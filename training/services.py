@@ -63,6 +63,11 @@ def base_model_path() -> str:
     return str(resolve_base_path(settings.TUTOR_BASE_MODEL))
 
 
+def version_base_path(pv: PolicyVersion) -> str:
+    """The base a version's adapter runs on: its own (a quantised, pruned or distilled variant's) or the default."""
+    return pv.base_path or base_model_path()
+
+
 def next_version(subject: str) -> int:
     """One more than any version of ``subject`` in the database or on disk (never reuse a number)."""
     in_db = PolicyVersion.objects.filter(subject=subject).aggregate(m=Max("version"))["m"] or 0

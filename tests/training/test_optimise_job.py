@@ -75,3 +75,22 @@ def test_management_command_runs_inline_and_refuses_bad_input(models_dir):
     call_command("optimise", "language", "1", "quantise", "--inline", stdout=out)
     result = json.loads(out.getvalue())
     assert result["kind"] == "quantised" and PolicyVersion.objects.get(pk=result["policy_version_id"]).source.version == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_variants_report_card_runs_on_the_variants_own_base(models_dir):
+    from training.benchmarks import launch_report_card
+    from training.models import BenchmarkReport
+
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
+    job = launch_optimise(v1, "quantise", {})
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    assert services.version_base_path(variant) == variant.base_path != services.version_base_path(v1)
+    for pv in (v1, variant):
+        card_job = launch_report_card(pv, suites=["corpus_mc"], limit=2)
+        assert services.execute_job(card_job.pk, worker="test") == "succeeded"
+    cards = {r.policy_version_id: r for r in BenchmarkReport.objects.all()}
+    assert cards[variant.pk].model["base"] == variant.base_path
+    assert cards[v1.pk].model["base"] == services.base_model_path()

@@ -97,3 +97,48 @@ def suite_chart(suite: str, cells: list[tuple[Any, Any]], metrics: list[str]) ->
         parts += _panel(m, bars, i * PANEL_W)
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - every text node above is escaped
+
+
+def _reference_line(bars: list[dict[str, Any]], level: float, x0: int, label: str) -> str:
+    """A dashed line at `level` on a `_panel` of these bars (same scale arithmetic as `_panel`)."""
+    vals = [b["value"] for b in bars]
+    lo, hi = min(0.0, *vals), max(vals)
+    if lo >= 0.0 and hi <= 1.0:
+        hi = 1.0
+    hi = hi if hi > lo else lo + 1.0
+    if not lo <= level <= hi:
+        return ""
+    y = PAD_TOP + (PANEL_H - PAD_TOP - PAD_BOTTOM) * (1 - (level - lo) / (hi - lo))
+    return (f'<g class="reference" transform="translate({x0},0)"><line x1="{PAD_LEFT}" y1="{y:.1f}" '
+            f'x2="{PANEL_W - 6}" y2="{y:.1f}"/><text x="{PANEL_W - 6}" y="{y - 3:.1f}" text-anchor="end" '
+            f'class="tick">{escape(label)}</text></g>')
+
+
+VARIANT_PANELS = (("size", "size ×"), ("tok/s", "tokens/s ×"), ("accuracy", "accuracy Δ"))
+
+
+def variant_chart(source_label: str, variants: list[tuple[str, dict[str, Any] | None]]) -> SafeString:
+    """Each variant's size and tokens/s as a multiple of its source's, and its accuracy difference.
+
+    ``variants``: ``[(label, against)]`` where ``against`` is ``selectors._against``'s dict (label →
+    {"value", "how"}). A dashed line marks the source (1× or Δ 0); "" when nothing was measured.
+    """
+    panels: list[tuple[str, list[dict[str, Any]], float]] = []
+    for key, title in VARIANT_PANELS:
+        bars = [{"label": label, "value": float(a[key]["value"]), "promoted": False, "n": "—"}
+                for label, a in variants if a and a.get(key, {}).get("value") is not None]
+        if bars:
+            panels.append((title, bars, 0.0 if key == "accuracy" else 1.0))
+    if not panels:
+        return mark_safe("")
+    width = PANEL_W * len(panels)
+    parts = [f'<svg class="bench-chart variant-chart" role="img" viewBox="0 0 {width} {PANEL_H}" '
+             f'width="{width}" height="{PANEL_H}" xmlns="http://www.w3.org/2000/svg">',
+             f"<title>variants of {escape(source_label)} relative to it (dashed: the source)</title>",
+             "<style>.axis{stroke:#888;stroke-width:1}.reference line{stroke:#b5542b;stroke-dasharray:4 3}"
+             ".tick{font:10px sans-serif;fill:#444}.chart-title{font:bold 11px sans-serif;fill:#222}</style>"]
+    for i, (title, bars, level) in enumerate(panels):
+        parts += _panel(title, bars, i * PANEL_W)
+        parts.append(_reference_line(bars, level, i * PANEL_W, f"{source_label} {'Δ 0' if level == 0 else '1×'}"))
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 - every text node above is escaped

@@ -423,3 +423,135 @@ def benchmark_board(subject: str | None = None) -> list[dict[str, Any]]:
         board.append({"subject": subj, "promoted": prom, "has_promoted_card": base_id is not None,
                       "versions": cols, "suites": suites})
     return board
+
+
+# ==================================================================================================
+# Optimised variants (the comparison page)
+# ==================================================================================================
+
+MEASURED_KEYS = ("size_bytes", "base_bytes", "adapter_bytes", "rss_mb", "tokens_per_s", "p50_ms", "p95_ms",
+                 "accuracy", "n_questions", "concurrency", "new_tokens", "measured_at")
+# (label, measured key, how the variant is set against its source): "x" a ratio, "delta" a difference
+VARIANT_RATIOS = (("size", "size_bytes", "x"), ("memory", "rss_mb", "x"), ("tok/s", "tokens_per_s", "x"),
+                  ("p95", "p95_ms", "x"), ("accuracy", "accuracy", "delta"))
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def measured(pv: PolicyVersion) -> dict[str, Any]:
+    """``pv.metrics["measured"]`` restricted to the known keys ({} when it was never measured)."""
+    m = (pv.metrics or {}).get("measured")
+    return {k: m[k] for k in MEASURED_KEYS if k in m and m[k] is not None} if isinstance(m, dict) else {}
+
+
+def _measure_text(key: str, value: Any) -> str:
+    """A measurement as the table shows it ("—" when missing)."""
+    v = _number(value)
+    if value is None or (v is None and key != "measured_at"):
+        return "—"
+    if key.endswith("_bytes"):
+        return f"{v / 2**20:,.1f} MiB" if v >= 2**20 else f"{v / 1024:,.1f} KiB"
+    if key == "accuracy":
+        return f"{v:.3f}"
+    if key in ("n_questions", "concurrency", "new_tokens"):
+        return f"{v:.0f}"
+    if key == "measured_at":
+        return str(value)[:19].replace("T", " ")
+    return f"{v:,.1f}"
+
+
+def _against(variant: dict[str, Any], source: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per ratio label: the variant's value set against the source's (None where either is missing)."""
+    out = {}
+    for label, key, how in VARIANT_RATIOS:
+        v, s = _number(variant.get(key)), _number(source.get(key))
+        if v is None or s is None or (how == "x" and s == 0):
+            out[label] = {"value": None, "text": "—", "how": how}
+        elif how == "x":
+            out[label] = {"value": v / s, "text": f"{v / s:.2f}×", "how": how}
+        else:
+            out[label] = {"value": v - s, "text": f"{v - s:+.3f}", "how": how}
+    return out
+
+
+def _gate_check(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    """One row of a gate report, its numbers as text (bytes and tokens/s are not 0-1 figures)."""
+    def text(v: Any) -> str:
+        n = _number(v)
+        return "—" if n is None else (f"{n:,.0f}" if abs(n) >= 1000 else f"{n:.3f}")
+
+    ratio = _number(r.get("ratio"))
+    return {"name": name, "passed": r.get("passed"), "candidate": text(r.get("candidate")),
+            "baseline": text(r.get("baseline")), "threshold": text(r.get("threshold")),
+            "ratio": "" if ratio is None else f"{ratio:.2f}×"}
+
+
+def _latest_cards(ids: list[int]) -> dict[int, Any]:
+    """Per version id: its newest report card (one query)."""
+    from training.models import BenchmarkReport
+
+    out: dict[int, Any] = {}
+    for r in BenchmarkReport.objects.filter(policy_version_id__in=ids).order_by("-id"):
+        out.setdefault(r.policy_version_id, r)
+    return out
+
+
+def variant_comparison(source: PolicyVersion) -> dict[str, Any]:
+    """A source version and each of its optimised variants: measurements, ratios to the source, gate verdicts.
+
+    Why one dict: the page shows one table (source first) and one chart of the same numbers, so an admin
+    reads off what a variant costs in quality for what it saves in size and speed, then canaries or rejects
+    it. Missing measurements are kept as missing (shown "—"), never as zero. Four queries in all.
+    """
+    from rlhf.optimise.gate import report_card_quality
+    from training.charts import variant_chart
+
+    variants = list(source.variants.order_by("version"))
+    ids = [source.pk] + [v.pk for v in variants]
+    gates: dict[int, EvaluationReport] = {}
+    for r in EvaluationReport.objects.filter(candidate_id__in=ids).order_by("-id"):
+        gates.setdefault(r.candidate_id, r)
+    cards = _latest_cards(ids)
+    quality = {i: report_card_quality({"suites": c.suites or {}}) for i, c in cards.items()}
+    base_m = measured(source)
+    base_q = quality.get(source.pk, {})
+    suites = sorted({s for q in quality.values() for s in q})
+    rows = []
+    for pv in [source, *variants]:
+        m = measured(pv)
+        gate = gates.get(pv.pk)
+        q = quality.get(pv.pk, {})
+        rows.append({
+            "pv": pv, "is_source": pv.pk == source.pk, "measured": m, "is_measured": bool(m),
+            "text": {k: _measure_text(k, m.get(k)) for k in MEASURED_KEYS},
+            "conditions": " · ".join(x for x in (
+                f"concurrency {_measure_text('concurrency', m['concurrency'])}" if "concurrency" in m else "",
+                f"{_measure_text('new_tokens', m['new_tokens'])} new tokens" if "new_tokens" in m else "",
+                _measure_text("measured_at", m["measured_at"]) if "measured_at" in m else "") if x),
+            "against": None if pv.pk == source.pk else _against(m, base_m),
+            "gate": None if gate is None else {
+                "report": gate, "passed": gate.passed, "failures": list(gate.failures or []),
+                "suites": [_gate_check(n, r) for n, r in (gate.suites or {}).items() if isinstance(r, dict)]},
+            "card": cards.get(pv.pk),
+            "quality": [{"suite": s, "value": q.get(s),
+                         "delta": (q[s] - base_q[s]) if s in q and s in base_q and pv.pk != source.pk else None}
+                        for s in suites],
+        })
+    return {"source": source, "variants": variants, "rows": rows, "suites": suites,
+            "measured_keys": MEASURED_KEYS, "ratio_labels": [label for label, _, _ in VARIANT_RATIOS],
+            "chart": variant_chart(f"v{source.version}", [
+                (f"v{r['pv'].version}", r["against"]) for r in rows if not r["is_source"]])}
+
+
+def optimise_refusal(pv: PolicyVersion) -> str:
+    """Why `pv` cannot be optimised ("" when it can): what the page says instead of showing the form.
+
+    The same rules `training.optimise.launch_optimise` enforces on a launch (it stays the authority).
+    """
+    if pv.kind != PolicyVersion.Kind.ADAPTER:
+        return f"{pv} is already an optimised variant ({pv.kind}); optimise its source instead."
+    if pv.status in (PolicyVersion.Status.TRAINING, PolicyVersion.Status.FAILED):
+        return f"{pv} is {pv.status}; only a finished version can be optimised."
+    return ""

@@ -139,6 +139,46 @@ class VersionActionView(APIView):
         return Response({"detail": "action must be promote, canary or retire"}, status=400)
 
 
+_error_body = inline_serializer("StudioOptimiseError", {"error": serializers.CharField(),
+                                                         "detail": serializers.CharField()})
+
+
+class VersionOptimiseView(APIView):
+    """POST ``{"method": "distil" | "quantise" | "prune", "config": {...}}``: queue an optimise job.
+
+    The config is checked by the method's own dataclass first, so a bad one queues nothing (400).
+    """
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(operation_id="studio_versions_optimise", request=inline_serializer("LaunchOptimise", {
+        "method": serializers.ChoiceField(choices=["distil", "quantise", "prune"]),
+        "config": serializers.JSONField(required=False, help_text="fields of the method's config dataclass"),
+        "gate": serializers.JSONField(required=False, help_text="the variant gate after the build: its settings, "
+                                                                "or false for none (default: on)")}),
+        responses={201: inline_serializer("OptimiseLaunched", {
+            "job_id": serializers.IntegerField(), "id": serializers.IntegerField(),
+            "kind": serializers.CharField(), "status": serializers.CharField()}),
+            400: _error_body, 404: _error_body})
+    def post(self, request, pk: int):
+        def error(msg: str, code: int) -> Response:
+            return Response({"error": msg, "detail": msg}, status=code)
+
+        if not isinstance(request.data, dict):
+            return error("the body must be a JSON object", 400)
+        method = request.data.get("method")
+        if not isinstance(method, str):
+            return error("method must be one of distil, quantise, prune", 400)
+        from training.optimise import launch_optimise
+
+        try:
+            extra = {"gate": request.data["gate"]} if "gate" in request.data else {}
+            job = launch_optimise(pk, method, request.data.get("config"), user=request.user, **extra)
+        except TrainingError as exc:
+            return error(str(exc), exc.status)
+        return Response({"job_id": job.pk, **selectors.job_summary(job)}, status=status.HTTP_201_CREATED)
+
+
 class RollbackView(APIView):
     permission_classes = [IsAdmin]
 

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,107 +34,15 @@ sys.path.insert(0, str(REPO_ROOT))
 SUBJECTS = ("history", "mathematics", "language", "general_knowledge")
 
 
-# ---- one variant, measured in its own process -------------------------------------------------------
-
-def _greedy(runner, prompts, slots, max_new, eos, stop_at_eos=True):
-    """Greedy decode of one batch; returns (token lists, seconds at which each row finished)."""
-    import torch
-
-    t0 = time.perf_counter()
-    logits, cache = runner.prefill(prompts, slots, max_new)
-    out = [[] for _ in prompts]
-    done_at = [None] * len(prompts)
-    slot_t = torch.tensor(slots)
-    for step in range(max_new):
-        if stop_at_eos:
-            tok = logits.argmax(-1)
-        else:  # fixed work: never pick EOS
-            logits = logits.clone()
-            logits[:, eos] = float("-inf")
-            tok = logits.argmax(-1)
-        for i, t in enumerate(tok.tolist()):
-            if done_at[i] is None:
-                out[i].append(t)
-                if (stop_at_eos and t == eos) or step == max_new - 1:
-                    done_at[i] = time.perf_counter() - t0
-        if all(d is not None for d in done_at):
-            break
-        logits = runner.decode(tok, cache, slot_t)
-    return [o[:-1] if o and o[-1] == eos else o for o in out], done_at
-
-
-def _rss_mb() -> float:
-    """Resident memory now (VmRSS), in MB."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def measure(spec: dict) -> dict:
-    """Load the variant as the endpoint does, then quality, throughput and memory (runs in a child process)."""
-    import torch
-
-    torch.set_num_threads(spec.get("threads", 1))
-    torch.manual_seed(0)
-    import transformers.models.bloom.modeling_bloom  # noqa: F401 - imported before the memory baseline
-
-    from rlhf.chat import build_prompt
-    from rlhf.corpus import check_answer, eval_prompts
-    from rlhf.models import load_base, load_tokenizer
-    from rlhf.optimise.quantise import _torchao, load_quantised
-    from serving.engine import BloomRunner
-
-    _torchao()
-    rss0 = _rss_mb()
-    t_load = time.perf_counter()
-    if spec.get("scheme"):  # the int8 artefact, run with the named scheme
-        model, tok = load_quantised(spec["base"], scheme=spec["scheme"]), load_tokenizer(spec["base"])
-    else:
-        model, tok = load_base(spec["base"], device="cpu")
-    runner = BloomRunner(model)
-    slots = {}
-    for i, (subject, path) in enumerate(sorted(spec["adapters"].items()), start=1):
-        runner.install(i, runner.read_adapter(Path(path)))
-        slots[subject] = i
-    load_s = time.perf_counter() - t_load
-    eos = tok.eos_token_id
-    subjects = spec["subjects"]
-    acc = {}
-    for s in subjects:
-        items = eval_prompts(s, spec["n"], 0)
-        ids = [tok(build_prompt(tok, s, [{"role": "user", "content": it.question}]), add_special_tokens=False)["input_ids"]
-               for it in items]
-        outs, _ = _greedy(runner, ids, [slots.get(s, 0)] * len(ids), 48, eos)
-        acc[s] = sum(check_answer(s, it.key, tok.decode(o, skip_special_tokens=True))
-                     for it, o in zip(items, outs, strict=True)) / len(items)
-    # throughput at a fixed concurrency, requests round-robin over the subjects
-    c, new = spec["concurrency"], spec["new_tokens"]
-    prompts, pslots = [], []
-    for j in range(c):
-        s = subjects[j % len(subjects)]
-        it = eval_prompts(s, c, 1)[j // len(subjects)]
-        prompts.append(tok(build_prompt(tok, s, [{"role": "user", "content": it.question}]),
-                           add_special_tokens=False)["input_ids"])
-        pslots.append(slots.get(s, 0))
-    _greedy(runner, prompts, pslots, new, eos, stop_at_eos=False)  # warm-up
-    lat, tokens, wall = [], 0, 0.0
-    for _ in range(spec["rounds"]):
-        t0 = time.perf_counter()
-        outs, done = _greedy(runner, prompts, pslots, new, eos, stop_at_eos=False)
-        wall += time.perf_counter() - t0
-        lat += done
-        tokens += sum(len(o) for o in outs)
-    q = statistics.quantiles(lat, n=20)
-    return {"accuracy": acc, "tokens_per_s": tokens / wall, "p50_s": statistics.median(lat), "p95_s": q[18],
-            "load_s": load_s, "max_rss_mb": _rss_mb() - rss0,
-            "rss_before_load_mb": rss0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
+# ---- one variant, measured in its own process: rlhf.optimise.measure (the gate job measures the same way) ----
 
 def run_child(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec.get("threads", 1)))
-    proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, cwd=REPO_ROOT, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {spec['name']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from rlhf.optimise.measure import MeasureSpec, measure
+
+    out = measure(MeasureSpec(**spec))
+    # the table below reads seconds and the per-subject accuracies
+    return out | {"accuracy": out["accuracy_by_subject"], "p50_s": out["p50_ms"] / 1000, "p95_s": out["p95_ms"] / 1000,
+                  "max_rss_mb": out["rss_mb"]}
 
 
 # ---- building the variants --------------------------------------------------------------------------
@@ -224,7 +129,6 @@ def build(args, work: Path) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--base-model", default="demo")
     p.add_argument("--adapters-dir", default=None, help="default: var/models/adapters")
     p.add_argument("--n", type=int, default=30, help="held-out questions per subject for accuracy")
@@ -240,9 +144,6 @@ def main() -> None:
     p.add_argument("--variants", default="", help="comma-separated subset, e.g. 'quantise,unstructured 50'")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
-    if args.measure:
-        print(json.dumps(measure(json.loads(args.measure))))
-        return
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory(prefix="optimise-bench-") as tmp:

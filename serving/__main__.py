@@ -21,6 +21,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
     p.add_argument("--base-model", default=base_default, help="'demo' or a model directory")
     p.add_argument("--adapters-dir", type=Path, default=adapters_default,
                    help="<dir>/<subject>/v<N>/ adapters; the newest verified version of each is loaded")
+    p.add_argument("--no-adapters", action="store_true",
+                   help="start with no adapters and remember nothing (a child endpoint for another base)")
     p.add_argument("--state-file", type=Path, default=None,
                    help="where loaded versions and routing are remembered across restarts "
                         "(default <adapters-dir>/.endpoint_state.json)")
@@ -37,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
                    help="Python's GIL switch interval (the decode thread and the event loop share the GIL)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
-    return ServerConfig(base_model=a.base_model, adapters_dir=a.adapters_dir, host=a.host, port=a.port,
+    return ServerConfig(base_model=a.base_model, adapters_dir=None if a.no_adapters else a.adapters_dir, host=a.host, port=a.port,
                         max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                         max_new_tokens_limit=a.max_new_tokens_limit, max_prompt_tokens=a.max_prompt_tokens,
                         threads=a.threads, switch_interval_ms=a.switch_interval_ms,

@@ -298,8 +298,12 @@ async def ping(request: Request) -> Response:
         return JSONResponse({"status": "failed", "error": state.error}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ok", "base_model": state.base_model_id,
-                         "adapters": len(state.registry.versions), **state.scheduler.load()})
+    body = {"status": "ok", "base_model": state.base_model_id, "adapters": len(state.registry.versions),
+            **state.scheduler.load()}
+    if state.bases.workers:  # the child endpoints of other bases (optimised variants)
+        body["other_bases"] = [{"base": w.base, "alive": w.alive(), "versions": len(w.versions)}
+                               for w in list(state.bases.workers.values())]
+    return JSONResponse(body)
 
 
 async def invocations(request: Request) -> Response:
@@ -317,6 +321,8 @@ async def invocations(request: Request) -> Response:
     except RegistryError as exc:
         state.metrics.requests.labels("-", "-", str(exc.status)).inc()
         return error(exc.status, exc.message)
+    if av.upstream:  # a version on another base: its own endpoint process answers
+        return await _proxy(request, state, body, av, _stream_kind(request.headers.get("accept", "")))
     queue: asyncio.Queue = asyncio.Queue()
     try:
         group = state.scheduler.submit(inv.prompt_ids, av, inv.params, queue)
@@ -374,6 +380,70 @@ async def invocations(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _release_remote(state: Any, av: AdapterVersion) -> None:
+    """Drop the request's reference; a version unloaded meanwhile stops its child once the last one is done."""
+    if state.registry.release(av) is not None:
+        asyncio.get_running_loop().run_in_executor(None, state.bases.detach, av.subject, av.version)
+
+
+async def _proxy(request: Request, state: Any, body: bytes, av: AdapterVersion, kind: str | None) -> Response:
+    """Forward the invocation to the child endpoint of the version's base, pinned to the version chosen here
+    (so canary shares and sticky routing stay this endpoint's), streaming its answer through unchanged."""
+    data = json.loads(body)
+    data.pop("subject", None)
+    data.pop("routing_key", None)
+    data["adapter"] = {"subject": av.subject} if av.bare else {"subject": av.subject, "version": av.version}
+    labels = (av.subject, str(av.version))
+    if state.upstream_client is None:
+        import httpx
+
+        state.upstream_client = httpx.AsyncClient(timeout=None)
+    client = state.upstream_client
+    headers = {"accept": request.headers.get("accept", "application/json")}
+    if rid := request.headers.get("x-request-id"):
+        headers["x-request-id"] = rid
+    down = None
+    if av.upstream in state.bases.restarting:
+        down = "starting again"
+    else:
+        try:
+            upstream = await client.send(client.build_request("POST", av.upstream + "/invocations", json=data,
+                                                              headers=headers), stream=True)
+        except Exception as exc:  # connection refused / reset: the child died
+            down = f"not answering ({type(exc).__name__})"
+            asyncio.get_running_loop().run_in_executor(None, state.bases.revive, av.upstream)
+    if down is not None:
+        _release_remote(state, av)
+        state.metrics.requests.labels(*labels, "503").inc()
+        return error(503, f"the endpoint process serving {av.subject} v{av.version} (base {av.base}) is {down}; "
+                          "it is being restarted, retry shortly", headers={"Retry-After": "2"})
+    if kind is None or upstream.status_code != 200:
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+            _release_remote(state, av)
+        state.metrics.requests.labels(*labels, str(upstream.status_code)).inc()
+        return Response(content, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json"))
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+            state.metrics.requests.labels(*labels, "200").inc()
+        except Exception as exc:  # the child died mid-answer: say so in the stream, never hang
+            state.metrics.requests.labels(*labels, "500").inc()
+            yield _frame(kind, {"error": f"the endpoint process serving {av.subject} v{av.version} stopped "
+                                         f"mid-answer ({type(exc).__name__})"}).encode()
+        finally:
+            await upstream.aclose()
+            _release_remote(state, av)
+
+    return StreamingResponse(relay(), media_type=upstream.headers.get("content-type"),
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 async def _drain(gen: Generation) -> None:
     async for _ in gen.batches():
         pass
@@ -407,7 +477,8 @@ async def admin_list(request: Request) -> Response:
     if (denied := _authorised(request)) is not None:
         return denied
     state = request.app.state.endpoint
-    return JSONResponse({"base_model": state.base_model_id, **state.registry.describe()})
+    return JSONResponse({"base_model": state.base_model_id, **state.registry.describe(),
+                         "other_bases": await asyncio.to_thread(state.bases.describe)})
 
 
 async def admin_load(request: Request) -> Response:
@@ -425,7 +496,10 @@ async def admin_load(request: Request) -> Response:
             raise BadRequest(400, "'version' must be a positive integer")
         if not isinstance(path, str) or not path:
             raise BadRequest(400, "'path' must be the adapter directory")
-        av = await state.load_adapter(subject, version, Path(path))
+        base = data.get("base")
+        if base is not None and (not isinstance(base, str) or not base):
+            raise BadRequest(400, "'base' must be a base model directory (an optimised variant's own base)")
+        av = await state.load_adapter(subject, version, Path(path), Path(base) if base else None)
     except BadRequest as exc:
         return error(exc.status, exc.message)
     except RegistryError as exc:

@@ -58,6 +58,11 @@ def invocation_body(messages: list[dict] | None = None, prompt: str | None = Non
     return body
 
 
+def _load_body(subject: str, version: int, path: str | os.PathLike, base: str | os.PathLike | None) -> dict:
+    body = {"subject": subject, "version": version, "path": str(path)}
+    return body | {"base": str(base)} if base else body
+
+
 def _error_of(response: httpx.Response) -> EndpointError:
     try:
         message = response.json().get("error") or response.text
@@ -157,9 +162,11 @@ class EndpointClient:
     def list_adapters(self) -> dict:
         return self._request("GET", "/admin/adapters", headers=self._admin_headers())
 
-    def load_adapter(self, subject: str, version: int, path: str | os.PathLike) -> dict:
+    def load_adapter(self, subject: str, version: int, path: str | os.PathLike,
+                     base: str | os.PathLike | None = None) -> dict:
+        """Load a version; `base`: an optimised variant's own base model (served by its own process)."""
         return self._request("POST", "/admin/adapters", headers=self._admin_headers(),
-                             json={"subject": subject, "version": version, "path": str(path)})
+                             json=_load_body(subject, version, path, base))
 
     def unload_adapter(self, subject: str, version: int) -> dict:
         return self._request("DELETE", f"/admin/adapters/{subject}/{version}", headers=self._admin_headers())
@@ -249,9 +256,10 @@ class AsyncEndpointClient:
     async def list_adapters(self) -> dict:
         return await self._request("GET", "/admin/adapters", headers=self._admin_headers())
 
-    async def load_adapter(self, subject: str, version: int, path: str | os.PathLike) -> dict:
+    async def load_adapter(self, subject: str, version: int, path: str | os.PathLike,
+                           base: str | os.PathLike | None = None) -> dict:
         return await self._request("POST", "/admin/adapters", headers=self._admin_headers(),
-                                   json={"subject": subject, "version": version, "path": str(path)})
+                                   json=_load_body(subject, version, path, base))
 
     async def unload_adapter(self, subject: str, version: int) -> dict:
         return await self._request("DELETE", f"/admin/adapters/{subject}/{version}", headers=self._admin_headers())

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.deploy.packaging import PackagingError, extract_archive, parse_archive_name
+from serving.deploy.packaging import PackagingError, extract_archive, parse_archive_name, variant_parts
 
 TARGET_HEADER = "x-amzn-sagemaker-target-model"
 DEFAULT_ROOT = "/opt/ml/models"
@@ -142,6 +142,7 @@ async def load_model(request: Request) -> Response:
                 path = unpacked
             if not path.is_dir():
                 return _error(404, f"no model directory at {url}")
+            path, own_base = variant_parts(path)  # an optimised variant carries its own base
             subject, version, expected = _identity([target, name, url, path.parent.name], path)
             actual = await asyncio.to_thread(artifact_sha256, path)  # every file against the manifest
         except (ValueError, PackagingError) as exc:
@@ -152,7 +153,7 @@ async def load_model(request: Request) -> Response:
             return _error(422, f"model {name} refused: its SHA-256 is {actual[:12]}…, the archive name says "
                                f"{expected[:12]}… (tampered or mislabelled)")
         try:
-            await mm.state.load_adapter(subject, version, path)
+            await mm.state.load_adapter(subject, version, path, own_base)
         except BadRequest as exc:
             return _error(exc.status, exc.message)
         except RegistryError as exc:

@@ -37,12 +37,18 @@ class AdapterVersion:
     sha256: str | None = None
     state: str = "active"  # active | draining
     refs: int = 0
+    upstream: str | None = None  # served by the child endpoint of another base (serving.bases)
+    base: str | None = None  # that base's directory
+    bare: bool = False  # that base answers the subject with no adapter (a distilled student)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "subject": self.subject, "version": self.version, "method": self.method, "path": self.path,
             "sha256": self.sha256, "state": self.state, "in_flight": self.refs,
         }
+        if self.upstream:
+            out |= {"base": self.base, "upstream": self.upstream, "bare": self.bare}
+        return out
 
 
 @dataclass

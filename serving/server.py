@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from serving.app import BadRequest, create_app
+from serving.bases import BaseError, BasePool
 from serving.config import ServerConfig, admin_token
 from serving.engine import AdapterFormatError, BloomRunner
 from serving.metrics import Metrics
@@ -42,6 +43,8 @@ class EndpointState:
         self.runner: BloomRunner | None = None
         self.scheduler: Scheduler | None = None
         self.build_prompt: Any = None
+        self.bases = BasePool(config, self.admin_token)  # child endpoints of other bases (optimised variants)
+        self.upstream_client: Any = None  # httpx.AsyncClient to those children (made on first use)
 
     # ---- startup --------------------------------------------------------------------------------
     def load(self) -> None:
@@ -98,6 +101,7 @@ class EndpointState:
         desc = self.registry.describe()
         state = {
             "adapters": [{"subject": a["subject"], "version": a["version"], "path": a.get("path")}
+                         | ({"base": a["base"]} if a.get("base") else {})
                          for a in desc["adapters"] if a.get("version") is not None and a.get("path")],
             "routing": desc["routing"],
         }
@@ -121,6 +125,10 @@ class EndpointState:
             return False
         for item in state.get("adapters", []):
             try:
+                if item.get("base"):  # a version on another base: its child endpoint again
+                    self.registry.add(self._remote(item["subject"], int(item["version"]), Path(item["path"]),
+                                                   Path(item["base"])))
+                    continue
                 av = self._prepare(item["subject"], int(item["version"]), Path(item["path"]))
             except (BadRequest, RegistryError, KeyError, TypeError, ValueError) as exc:
                 log.warning("not restoring adapter %s: %s", item, getattr(exc, "message", exc))
@@ -174,7 +182,8 @@ class EndpointState:
         base_sha = manifest.get("base_model_sha256")
         if base_sha and self.base_sha256 and base_sha != self.base_sha256:
             raise BadRequest(422, "adapter refused: it was trained on a different base model "
-                                  f"({base_sha[:12]} vs the served {self.base_sha256[:12]})")
+                                  f"({base_sha[:12]} vs the served {self.base_sha256[:12]}); for an optimised "
+                                  "variant pass its base directory as 'base'")
         try:
             loaded = self.runner.read_adapter(path)
         except (AdapterFormatError, OSError) as exc:
@@ -185,8 +194,40 @@ class EndpointState:
         av._loaded = loaded  # type: ignore[attr-defined]
         return av
 
+    def _other_base(self, base: Path | None) -> bool:
+        from rlhf.models import base_fingerprint
+
+        if base is None:
+            return False
+        if not base.is_dir():
+            raise BadRequest(400, f"no base model directory at {base}")
+        return base_fingerprint(base) != self.base_sha256
+
+    def _remote(self, subject: str, version: int, path: Path, base: Path) -> AdapterVersion:
+        """A version served by the child endpoint of `base` (blocking: starts the child if needed)."""
+        if (subject, version) in self.registry.versions:
+            raise RegistryError(409, f"adapter {subject} v{version} is already loaded")
+        try:
+            info = self.bases.attach(subject, version, path, base)
+        except BaseError as exc:
+            raise BadRequest(exc.status, exc.message) from None
+        return AdapterVersion(subject=subject, version=version, slot=0, method=info["method"], path=str(path),
+                              sha256=info["sha256"], upstream=info["upstream"], base=info["base"], bare=info["bare"])
+
     # ---- admin operations (event loop) ----------------------------------------------------------
-    async def load_adapter(self, subject: str, version: int, path: Path) -> AdapterVersion:
+    async def load_adapter(self, subject: str, version: int, path: Path, base: Path | None = None) -> AdapterVersion:
+        if await asyncio.to_thread(self._other_base, base):
+            av = await asyncio.to_thread(self._remote, subject, version, path, base)
+            try:
+                self.registry.add(av)
+            except RegistryError:
+                await asyncio.to_thread(self.bases.detach, subject, version)
+                raise
+            self.metrics.adapters_loaded.set(len(self.registry.versions))
+            self.save_state()
+            log.info("serving %s v%s from the endpoint process of base %s (%s)", subject, version, av.base,
+                     av.upstream)
+            return av
         av = await asyncio.to_thread(self._prepare, subject, version, path)
         loaded = av._loaded  # type: ignore[attr-defined]
         del av._loaded  # type: ignore[attr-defined]
@@ -208,6 +249,9 @@ class EndpointState:
         self.save_state()
         if av is None:
             return True
+        if av.upstream:
+            await asyncio.to_thread(self.bases.detach, subject, version)
+            return False
 
         def uninstall() -> None:
             self.runner.uninstall(av.slot)
@@ -225,6 +269,7 @@ class EndpointState:
         finally:
             if self.scheduler is not None:
                 self.scheduler.stop()
+            await asyncio.to_thread(self.bases.stop_all)
 
 
 def _mib(mb: float | None) -> int | None:

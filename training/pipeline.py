@@ -409,6 +409,10 @@ def step_evaluate(job: Job, rep: JobReporter) -> dict:
     from training import benchmarks
 
     pv = PolicyVersion.objects.select_related("reward_model").get(pk=job.config["policy_version_id"])
+    if job.config.get("variant") or pv.kind != PolicyVersion.Kind.ADAPTER:
+        from training.optimise import step_gate_variant  # judged against its source, not the promoted version
+
+        return step_gate_variant(job, rep)
     baseline = current_promoted(pv.subject)
     rm = pv.reward_model
     if job.config.get("reward_model_id"):

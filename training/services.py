@@ -156,7 +156,8 @@ def apply_deployment(dep: Deployment, deployer=None, attempts: int | None = None
             for pv in (dep.promoted, dep.candidate):
                 if pv is not None:
                     step = f"publish_v{pv.version}"
-                    record[step] = deployer.publish(dep.subject, pv.version, pv.path, pv.sha256)
+                    extra = {"base_path": pv.base_path} if pv.base_path else {}  # a variant on its own base
+                    record[step] = deployer.publish(dep.subject, pv.version, pv.path, pv.sha256, **extra)
             step = "set_traffic"
             record[step] = deployer.set_traffic(
                 dep.subject, dep.promoted.version, dep.candidate.version if dep.candidate_id else None,

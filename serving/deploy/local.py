@@ -127,13 +127,14 @@ class LocalDeployer:
         return None
 
     # ---- Deployer -------------------------------------------------------------------------------
-    def publish(self, subject: str, version: int, artifact_path: str, sha256: str) -> dict:
-        """Have the endpoint load the version (verified here first, then by the endpoint)."""
+    def publish(self, subject: str, version: int, artifact_path: str, sha256: str, base_path: str = "") -> dict:
+        """Have the endpoint load the version (verified here first, then by the endpoint). `base_path`: an
+        optimised variant's own base, which the endpoint serves from a process of its own."""
         from serving.client import EndpointError
 
         path = check_artifact(subject, version, artifact_path, sha256)
         base = {"target": self.target, "endpoint": self.endpoint_url, "subject": subject, "version": version,
-                "sha256": sha256, "path": path}
+                "sha256": sha256, "path": path} | ({"base": base_path} if base_path else {})
         current = self._loaded(self._listing(), subject, version)
         if current is not None:
             if current.get("sha256") and current["sha256"] != sha256:
@@ -142,7 +143,8 @@ class LocalDeployer:
                                   subject=subject, version=version)
             return {**base, "action": "unchanged", "message": f"{subject} v{version} was already loaded"}
         try:
-            self._call(f"loading {subject} v{version}", self.client.load_adapter, subject, version, path)
+            self._call(f"loading {subject} v{version}", self.client.load_adapter, subject, version, path,
+                       base_path or None)
         except EndpointError as exc:
             if getattr(exc, "status", None) == 409:  # loaded by a concurrent or earlier, unanswered attempt
                 return {**base, "action": "unchanged", "message": f"{subject} v{version} was already loaded"}

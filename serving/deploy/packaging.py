@@ -42,9 +42,7 @@ def parse_archive_name(name: str) -> tuple[str, int, str] | None:
     return m["subject"], int(m["version"]), m["sha256"]
 
 
-def build_archive(artifact_dir: str | os.PathLike[str]) -> bytes:
-    """The deterministic `model.tar.gz` bytes of a directory (regular files only)."""
-    root = Path(artifact_dir)
+def _members(root: Path, prefix: str = "") -> list[tuple[str, Path]]:
     if not root.is_dir():
         raise PackagingError(f"{root} is not a directory")
     files = []
@@ -52,14 +50,25 @@ def build_archive(artifact_dir: str | os.PathLike[str]) -> bytes:
         if p.is_symlink():
             raise PackagingError(f"{p}: symlinks cannot be packed")
         if p.is_file():
-            files.append(p)
+            files.append((prefix + p.relative_to(root).as_posix(), p))
     if not files:
         raise PackagingError(f"{root} is empty")
+    return files
+
+
+def build_archive(artifact_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None) -> bytes:
+    """The deterministic `model.tar.gz` bytes of a directory (regular files only).
+
+    With `base_dir` (an optimised variant's own base model), the archive holds `adapter/` and `base/`
+    (VARIANT_LAYOUT) and the container serves the adapter on that base in a process of its own.
+    """
+    files = (_members(Path(artifact_dir)) if base_dir is None else
+             _members(Path(artifact_dir), "adapter/") + _members(Path(base_dir), "base/"))
     raw = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for p in files:
-            info = tarfile.TarInfo(p.relative_to(root).as_posix())
+        for name, p in files:
+            info = tarfile.TarInfo(name)
             info.size = p.stat().st_size
             info.mtime = FIXED_MTIME
             info.mode = 0o644
@@ -68,6 +77,24 @@ def build_archive(artifact_dir: str | os.PathLike[str]) -> bytes:
             with open(p, "rb") as f:
                 tar.addfile(info, f)
     return raw.getvalue()
+
+
+VARIANT_LAYOUT = ("adapter", "base")
+
+
+def variant_parts(unpacked: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """(artefact, its own base or None) of an unpacked archive; a bare base (a distilled student) is its own
+    base."""
+    root = Path(unpacked)
+    if (root / "adapter").is_dir() and (root / "base").is_dir():
+        return root / "adapter", root / "base"
+    import json
+
+    try:
+        kind = json.loads((root / "manifest.json").read_text()).get("kind")
+    except (OSError, ValueError):
+        kind = None
+    return root, (root if kind == "base_model" else None)
 
 
 def sha256_bytes(data: bytes) -> str:

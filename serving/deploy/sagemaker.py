@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -422,12 +423,24 @@ class SageMakerDeployer:
         return endpoint["EndpointArn"]
 
     # ---- Deployer ---------------------------------------------------------------------------------
-    def publish(self, subject: str, version: int, artifact_path: str, sha256: str) -> dict:
-        """Verify, package, upload `model.tar.gz` (skipped when identical) and ensure the endpoint."""
+    def publish(self, subject: str, version: int, artifact_path: str, sha256: str, base_path: str = "") -> dict:
+        """Verify, package, upload `model.tar.gz` (skipped when identical) and ensure the endpoint.
+
+        `base_path`: an optimised variant's own base; it travels in the archive (`adapter/` + `base/`) and the
+        container serves it from a process of its own (`serving.bases`)."""
         self._begin()
         path = check_artifact(subject, version, artifact_path, sha256)  # refused before any upload
         sha256 = sha256.lower()
-        data = build_archive(path)
+        own_base = base_path and Path(base_path).resolve() != Path(path).resolve()
+        if own_base:
+            from rlhf.manifest import ArtifactError, verify
+
+            try:
+                verify(base_path)
+            except ArtifactError as exc:
+                raise DeployError(f"refused {subject} v{version}: its base failed verification: {exc}",
+                                  subject=subject, version=version) from None
+        data = build_archive(path, base_path if own_base else None)
         archive_sha = sha256_bytes(data)
         key = self.adapters_prefix + archive_name(subject, version, sha256)
         with self._step(f"publishing {subject} v{version}"):

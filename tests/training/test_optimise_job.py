@@ -7,7 +7,7 @@ import pytest
 from rlhf.manifest import artifact_sha256, verify
 from training import services
 from training.models import Job, PolicyVersion
-from training.optimise import launch_optimise
+from training.optimise import launch_optimise, launch_variant_gate
 
 pytestmark = pytest.mark.ml
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ml
 def test_quantise_job_makes_a_candidate_variant_with_its_lineage(models_dir):
     services.ensure_initial_versions()
     v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
-    job = launch_optimise(v1, "quantise", {})
+    job = launch_optimise(v1, "quantise", {}, gate=False)  # gated: tests/training/test_optimise_deploy.py
     assert job.kind == "optimise" and job.subject == "mathematics"
     assert services.execute_job(job.pk, worker="test") == "succeeded"
     job.refresh_from_db()
@@ -35,7 +35,7 @@ def test_prune_job_records_the_recovery_curve(models_dir):
     services.ensure_initial_versions()
     v1 = PolicyVersion.objects.get(subject="history", version=1)
     job = launch_optimise(v1, "prune", {"mode": "structured", "sparsity": 0.5, "recovery_steps": 3,
-                                        "recovery_examples": 8, "heldout_examples": 4})
+                                        "recovery_examples": 8, "heldout_examples": 4}, gate=False)
     assert services.execute_job(job.pk, worker="test") == "succeeded"
     job.refresh_from_db()
     variant = PolicyVersion.objects.get(pk=job.result["policy_version_id"])
@@ -72,7 +72,7 @@ def test_management_command_runs_inline_and_refuses_bad_input(models_dir):
     from io import StringIO
 
     out = StringIO()
-    call_command("optimise", "language", "1", "quantise", "--inline", stdout=out)
+    call_command("optimise", "language", "1", "quantise", "--inline", "--no-gate", stdout=out)
     result = json.loads(out.getvalue())
     assert result["kind"] == "quantised" and PolicyVersion.objects.get(pk=result["policy_version_id"]).source.version == 1
 
@@ -84,7 +84,7 @@ def test_a_variants_report_card_runs_on_the_variants_own_base(models_dir):
 
     services.ensure_initial_versions()
     v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
-    job = launch_optimise(v1, "quantise", {})
+    job = launch_optimise(v1, "quantise", {}, gate=False)
     assert services.execute_job(job.pk, worker="test") == "succeeded"
     variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
     assert services.version_base_path(variant) == variant.base_path != services.version_base_path(v1)
@@ -94,3 +94,10 @@ def test_a_variants_report_card_runs_on_the_variants_own_base(models_dir):
     cards = {r.policy_version_id: r for r in BenchmarkReport.objects.all()}
     assert cards[variant.pk].model["base"] == variant.base_path
     assert cards[v1.pk].model["base"] == services.base_model_path()
+    # the variant gate then judges every report-card suite both have, beside the answer-key accuracy
+    gate = launch_variant_gate(variant, gate={"quality_tolerance": 1.0, "size_factor": 0.9,
+                                              "measure": {"n": 2, "concurrency": 1, "new_tokens": 4, "rounds": 1}})
+    assert services.execute_job(gate.pk, worker="test") == "succeeded"
+    report = variant.evaluations.get()
+    assert report.passed and {"answer_key_accuracy", "card:corpus_mc", "size_bytes"} <= set(report.suites)
+    assert report.suites["card:corpus_mc"]["baseline"] == cards[v1.pk].suites["corpus_mc"]["metrics"]["acc"]["value"]

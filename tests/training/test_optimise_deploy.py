@@ -1,0 +1,128 @@
+"""An optimised variant on its own base, end to end on real processes: the optimise job builds it and gates
+it against its source, then canary -> promote -> rollback on a real endpoint, which serves the variant from
+a child endpoint process of the variant's base (serving.bases)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from training import services
+from training.models import Job, PolicyVersion
+from training.optimise import launch_optimise, launch_variant_gate
+
+pytestmark = [pytest.mark.ml, pytest.mark.django_db(transaction=True)]
+
+QUICK = {"n": 4, "concurrency": 2, "new_tokens": 8, "rounds": 1}
+
+
+def answer_version(endpoint, key: str, subject: str = "mathematics") -> int:
+    out = endpoint.client().generate(prompt="What is 2 + 2?", subject=subject, routing_key=key, max_new_tokens=2)
+    return out["outputs"][0]["adapter"]["version"]
+
+
+def served(subject: str = "mathematics") -> dict:
+    return services.get_deployer().state()[subject]
+
+
+def test_quantised_variant_gate_canary_promote_rollback(endpoint):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
+    # int8 is ~0.4x the size: a size gate it passes; quality may not drop at all on the tiny model's 4 questions
+    job = launch_optimise(v1, "quantise", {}, gate={"quality_tolerance": 0.5, "size_factor": 0.8, "measure": QUICK})
+    assert services.execute_job(job.pk, worker="test") == "succeeded", Job.objects.get(pk=job.pk).error
+    job.refresh_from_db()
+    variant = PolicyVersion.objects.get(pk=job.result["policy_version_id"])
+    report = variant.evaluations.get()
+    assert report.passed, report.failures
+    assert report.baseline == v1 and variant.source == v1 and variant.status == "candidate"
+    measured, source_measured = variant.metrics["measured"], PolicyVersion.objects.get(pk=v1.pk).metrics["measured"]
+    assert measured["size_bytes"] < 0.8 * source_measured["size_bytes"]
+    assert report.suites["size_bytes"]["passed"] and "answer_key_accuracy" in report.suites
+    assert job.progress == 1.0
+
+    dep = services.start_canary(variant, 0.5)
+    assert dep.status == "applied", dep.error
+    state = served()
+    assert (state["promoted"], state["candidate"], state["share"]) == (1, variant.version, 0.5)
+    listing = endpoint.client().list_adapters()
+    [child] = listing["other_bases"]
+    assert child["alive"] and child["base"] == os.path.realpath(variant.base_path)
+    assert {a["version"]: a.get("upstream") is not None for a in listing["adapters"]
+            if a["subject"] == "mathematics"} == {1: False, variant.version: True}
+    seen = {answer_version(endpoint, f"conv-{i}") for i in range(12)}
+    assert seen == {1, variant.version}  # sticky per conversation; the variant's arm answers from its process
+
+    dep = services.promote(variant)
+    assert dep.status == "applied", dep.error
+    assert answer_version(endpoint, "conv-x") == variant.version
+    dep = services.rollback("mathematics")
+    assert dep.status == "applied", dep.error
+    assert (served()["promoted"], served()["candidate"]) == (1, None)
+    assert answer_version(endpoint, "conv-x") == 1
+    variant.refresh_from_db()
+    assert variant.status == "retired" and PolicyVersion.objects.get(pk=v1.pk).status == "promoted"
+
+
+def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(endpoint):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="history", version=1)
+    job = launch_optimise(v1, "quantise", {}, gate=False)
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    client = endpoint.client()
+    client.load_adapter("history", variant.version, variant.path, base=variant.base_path)
+    client.set_routing("history", variant.version)
+    assert answer_version(endpoint, "k", "history") == variant.version
+    [child] = client.list_adapters()["other_bases"]
+    os.kill(child["pid"], signal.SIGKILL)
+    body = {"prompt": "Who?", "subject": "history", "parameters": {"max_new_tokens": 2}}
+    deadline = time.monotonic() + 120
+    statuses = []
+    while time.monotonic() < deadline:  # 503 + Retry-After while the child restarts, then answers again
+        r = httpx.post(endpoint.url + "/invocations", json=body, timeout=60)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and r.headers.get("retry-after") and "restarted" in r.json()["error"]
+        time.sleep(float(r.headers["retry-after"]) / 4)
+    assert statuses[0] == 503 and statuses[-1] == 200, statuses
+    [child2] = client.list_adapters()["other_bases"]
+    assert child2["pid"] != child["pid"] and child2["restarts"] == 1
+    client.set_routing("history", 1)
+    client.unload_adapter("history", variant.version)
+    assert client.list_adapters()["other_bases"] == []  # the base's last version gone: its process stopped
+
+
+def test_a_variant_that_fails_its_gate_is_retired_and_never_deployed(endpoint):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="language", version=1)
+    before = services.get_deployer().state()
+    job = launch_optimise(v1, "quantise", {}, gate=False)
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    gate = launch_variant_gate(variant, gate={"speed_factor": 100.0, "size_factor": 0.01, "measure": QUICK})
+    assert services.execute_job(gate.pk, worker="test") == "succeeded"
+    variant.refresh_from_db()
+    report = variant.evaluations.get()
+    assert not report.passed and variant.status == "retired"
+    assert any("neither 100.0x faster" in f for f in report.failures)
+    with pytest.raises(services.TrainingError, match="retired"):
+        services.start_canary(variant, 0.5)
+    assert services.get_deployer().state() == before
+
+
+@pytest.mark.parametrize(("gate", "message"), [
+    ({"quality_tolerance": 2}, "tolerances"), ({"speed_factor": 0}, "positive"), ({"measure": {"n": 0}}, "positive"),
+    ({"measure": {"subjects": ["x"]}}, "measure takes only"), ("yes", "JSON object"), ({"nope": 1}, "bad gate"),
+])
+def test_bad_gate_settings_queue_nothing(models_dir, gate, message):
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="history", version=1)
+    with pytest.raises(services.TrainingError, match=message):
+        launch_optimise(v1, "quantise", {}, gate=gate)
+    assert not Job.objects.exists()

@@ -34,6 +34,7 @@ from training.services import (
     retire,
     reward_root,
     start_canary,
+    version_base_path,
 )
 
 if TYPE_CHECKING:
@@ -330,6 +331,12 @@ def step_ppo(job: Job, rep: JobReporter) -> dict:
     snap = DatasetSnapshot.objects.get(pk=job.config["snapshot_id"]) if job.config.get("snapshot_id") else rm.snapshot
     parent = PolicyVersion.objects.get(pk=job.config["parent_id"]) if job.config.get("parent_id") \
         else current_promoted(subject)
+    if parent is not None and parent.kind != PolicyVersion.Kind.ADAPTER and parent.source_id:
+        # an optimised variant is a deployment of its source: training goes on from the full-precision source
+        # (an int8 / pruned / distilled base is not what the trainers fine-tune); optimise the result again
+        rep.log(f"v{parent.version} is a {parent.kind} variant of v{parent.source.version}: training from "
+                f"v{parent.source.version} on its base")
+        parent = parent.source
     if parent is None:
         raise TrainingError(f"{subject} has no promoted version to start {algorithm.upper()} from")
     with transaction.atomic():
@@ -368,7 +375,7 @@ def _train_ppo(job: Job, rep: JobReporter, parent: PolicyVersion, rm: RewardMode
 
     cfg = PPOConfig.from_dict(job.config.get("ppo") or {})
     prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
-    return train_ppo(base_model_path(), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
+    return train_ppo(version_base_path(parent), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
 
 
 def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: PolicyVersion, rm: RewardModelVersion,
@@ -391,11 +398,11 @@ def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: Polic
             "metrics": {"algorithm": algorithm}})
     if algorithm == "dpo":
         # DPO learns from this subject's pairs of the snapshot; the reward model only judges it at the gate
-        metrics = train_alternative(base_model_path(), parent.path, out, cfg, report, subject=subject,
+        metrics = train_alternative(version_base_path(parent), parent.path, out, cfg, report, subject=subject,
                                     dataset_path=snap.path)
     else:
         prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
-        metrics = train_alternative(base_model_path(), parent.path, out, cfg, report, subject=subject,
+        metrics = train_alternative(version_base_path(parent), parent.path, out, cfg, report, subject=subject,
                                     prompts=prompts, reward_model_path=rm.path)
     last = (metrics.get("history") or [{}])[-1]
     final = {"final_loss": last.get("loss"), "final_reward": last.get("reward"), "final_kl": last.get("kl")}
@@ -414,6 +421,10 @@ def step_evaluate(job: Job, rep: JobReporter) -> dict:
 
         return step_gate_variant(job, rep)
     baseline = current_promoted(pv.subject)
+    if baseline is not None and baseline.kind != PolicyVersion.Kind.ADAPTER and baseline.source_id:
+        rep.log(f"the promoted v{baseline.version} is a {baseline.kind} variant: the gate compares with its "
+                f"source v{baseline.source.version}, on the same base as the candidate")
+        baseline = baseline.source
     rm = pv.reward_model
     if job.config.get("reward_model_id"):
         rm = RewardModelVersion.objects.get(pk=job.config["reward_model_id"])
@@ -422,7 +433,7 @@ def step_evaluate(job: Job, rep: JobReporter) -> dict:
     required = benchmarks.validate_gate_suites(gate.pop("suites", None))
     if required:  # the fast gate fills the first 60 % of the bar, the required suites the rest
         rep.scale = 0.6
-    report = evaluate(base_model_path(), pv.path, baseline.path if baseline else None, pv.subject,
+    report = evaluate(version_base_path(pv), pv.path, baseline.path if baseline else None, pv.subject,
                       reward_model_path=rm.path if rm else None, thresholds=gate,
                       config=job.config.get("eval") or {}, callback=rep)
     if required:

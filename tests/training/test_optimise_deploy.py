@@ -126,3 +126,31 @@ def test_bad_gate_settings_queue_nothing(models_dir, gate, message):
     with pytest.raises(services.TrainingError, match=message):
         launch_optimise(v1, "quantise", {}, gate=gate)
     assert not Job.objects.exists()
+
+
+@pytest.mark.timeout(900)  # a whole tiny pipeline (reward model, PPO, gate)
+def test_the_next_pipeline_trains_from_a_promoted_variants_source(models_dir):
+    from tests.training.conftest import PERMISSIVE_GATE, TINY_PIPELINE, seed_rankings
+    from training import pipeline
+
+    services.ensure_initial_versions()
+    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
+    job = launch_optimise(v1, "quantise", {}, gate=False)
+    assert services.execute_job(job.pk, worker="test") == "succeeded"
+    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    # as if promoted (no endpoint here): the variant serves, its source is retired
+    PolicyVersion.objects.filter(pk=v1.pk).update(status="retired")
+    PolicyVersion.objects.filter(pk=variant.pk).update(status="promoted")
+    seed_rankings("mathematics", n_tasks=8)
+    p = pipeline.run_inline({
+        **TINY_PIPELINE, "subjects": ["mathematics"], "snapshot": {"scope": "all", "include_imported": False},
+        "gate": PERMISSIVE_GATE, "reward": {**TINY_PIPELINE["reward"], "epochs": 1.0}, "auto_promote": False,
+        "ppo": {**TINY_PIPELINE["ppo"], "steps": 1, "max_new_tokens": 8}, "ppo_prompts": 8,
+        "eval": {"n_prompts": 2, "kl_samples": 2, "max_new_tokens": 8}})
+    assert p.status == Job.Status.SUCCEEDED, (p.message, p.error)
+    step = p.children.get(kind=Job.Kind.PPO)
+    candidate = PolicyVersion.objects.get(pk=step.result["policy_version_id"])
+    assert candidate.parent == v1 and candidate.kind == "adapter" and candidate.base_path == ""
+    assert "quantised variant of v1: training from v1" in step.log
+    report = candidate.evaluations.get()
+    assert report.baseline == v1  # compared on one base: the variant's full-precision source

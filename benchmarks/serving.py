@@ -329,6 +329,8 @@ def main() -> None:
     p.add_argument("--naive-max-clients", type=int, default=None,
                    help="run the naive server only up to this concurrency (it is slow at real shapes)")
     p.add_argument("--server-args", default="", help="extra flags for `python -m serving` (A/B experiments)")
+    p.add_argument("--front", action="store_true",
+                   help="also run ours with the model in its own process (--model-process: HTTP front + model worker)")
     p.add_argument("--naive-device", default="cpu", help="device of the naive server (give ours `--server-args '--device cuda'`)")
     a = p.parse_args()
     concurrencies = [int(c) for c in a.clients.split(",")]
@@ -351,29 +353,37 @@ def main() -> None:
         print(f"load: {concurrencies} concurrent streaming clients x {a.requests_per_client} requests, "
               f"{a.new_tokens} new tokens each, 4 subject LoRA adapters (round-robin), greedy\n")
         results: dict[tuple[str, int], dict] = {}
-        bar = tqdm(total=2 * len(concurrencies), desc="runs", file=sys.stderr)
+        bar = tqdm(total=(3 if a.front else 2) * len(concurrencies), desc="runs", file=sys.stderr)
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        ours = start([sys.executable, "-m", "serving", "--port", str(port), "--base-model", base,
-                      "--adapters-dir", str(adapters), "--threads", str(a.threads), "--log-level", "warning",
-                      "--max-new-tokens-limit", str(max(512, a.new_tokens)), *a.server_args.split()],
-                     env, work / "ours.log")
-        procs.append(ours)
-        wait_ready(url, ours, deadline_s=900)
-        mem = {"ours": {"after load": memory_mib(ours.pid)}}
-        load(url, 4, 1, 4, prompts)  # warm-up
-        for c in concurrencies:
-            before = step_stats(url)
-            r = results[("ours", c)] = load(url, c, a.requests_per_client, a.new_tokens, prompts)
-            after = step_stats(url)
-            steps, busy = after["count"] - before["count"], after["sum"] - before["sum"]
-            r["decode_busy_pct"] = 100 * busy / r["wall_s"]
-            r["mean_batch"] = (after["batch"] - before["batch"]) / max(steps, 1)
-            r["mean_step_ms"] = 1000 * busy / max(steps, 1)
-            bar.update()
-        mem["ours"]["after the runs"] = memory_mib(ours.pid)
-        stop(ours)
+        mem: dict[str, dict] = {}
+        variants = [("ours", [])] + ([("ours+front", ["--model-process"])] if a.front else [])
+        for name, extra in variants:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            ours = start([sys.executable, "-m", "serving", "--port", str(port), "--base-model", base,
+                          "--adapters-dir", str(adapters), "--threads", str(a.threads), "--log-level", "warning",
+                          "--max-new-tokens-limit", str(max(512, a.new_tokens)), *a.server_args.split(), *extra],
+                         env, work / f"{name}.log")
+            procs.append(ours)
+            wait_ready(url, ours, deadline_s=900)
+            pids = {"": ours.pid}
+            if extra:  # the front's model worker is its own process: its memory is the model's
+                import httpx
+
+                pids = {" front": ours.pid, " worker": httpx.get(url + "/ping").json()["front"]["pid"]}
+            mem[name] = {f"after load{k}": memory_mib(pid) for k, pid in pids.items()}
+            load(url, 4, 1, 4, prompts)  # warm-up
+            for c in concurrencies:
+                before = step_stats(url)
+                r = results[(name, c)] = load(url, c, a.requests_per_client, a.new_tokens, prompts)
+                after = step_stats(url)
+                steps, busy = after["count"] - before["count"], after["sum"] - before["sum"]
+                r["decode_busy_pct"] = 100 * busy / r["wall_s"]
+                r["mean_batch"] = (after["batch"] - before["batch"]) / max(steps, 1)
+                r["mean_step_ms"] = 1000 * busy / max(steps, 1)
+                bar.update()
+            mem[name] |= {f"after the runs{k}": memory_mib(pid) for k, pid in pids.items()}
+            stop(ours)
 
         if not a.skip_naive:
             port = free_port()
@@ -402,7 +412,7 @@ def main() -> None:
             busy = f"{r['decode_busy_pct']:.0f}%" if "decode_busy_pct" in r else "–"
             batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "–"
             ratio = ""
-            if name == "ours" and ("naive", c) in results:
+            if name.startswith("ours") and ("naive", c) in results:
                 ratio = f"**{r['tokens_per_s'] / results[('naive', c)]['tokens_per_s']:.1f}x**"
             print(f"| {name} | {c} | {r['requests']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tokens_per_s']:.1f} "
                   f"| {r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | {server} | {busy} | {batch} | {ratio} |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,11 @@ from serving.config import ServerConfig, default_kv_budget_mb, default_model_loc
 from serving.server import build_app
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str, argparse.Namespace]:
     base_default, adapters_default = default_model_locations()
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="bind address (the container uses 0.0.0.0)")
@@ -38,22 +43,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, str]:
     p.add_argument("--switch-interval-ms", type=float, default=5.0,
                    help="Python's GIL switch interval (the decode thread and the event loop share the GIL)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--model-process", action="store_true", default=_env_flag("TUTOR_ENDPOINT_MODEL_PROCESS"),
+                   help="serve HTTP from this process and run the model in a worker process of its own, over a "
+                        "Unix socket (serving.front; default $TUTOR_ENDPOINT_MODEL_PROCESS)")
+    p.add_argument("--uds", default=None, help="listen on this Unix socket instead of TCP (the model worker)")
     a = p.parse_args(argv)
     return ServerConfig(base_model=a.base_model, adapters_dir=None if a.no_adapters else a.adapters_dir, host=a.host, port=a.port,
                         max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                         max_new_tokens_limit=a.max_new_tokens_limit, max_prompt_tokens=a.max_prompt_tokens,
                         threads=a.threads, switch_interval_ms=a.switch_interval_ms,
                         state_file=a.state_file, kv_budget_mb=a.kv_budget_mb or None,
-                        device=None if a.device == "auto" else a.device), a.log_level
+                        device=None if a.device == "auto" else a.device), a.log_level, a
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, log_level = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    config, log_level, a = parse_args(argv)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.model_process and not a.uds:  # this process: HTTP only; the model runs in a supervised worker (serving.front)
+        from serving.front import build_front
+
+        uvicorn.run(build_front(argv), host=config.host, port=config.port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=5)
+        return
     # The decode thread and the event loop share the GIL (tunable for experiments; see docs/performance.md).
     sys.setswitchinterval(config.switch_interval_ms / 1000)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=5)
+    where = {"uds": a.uds} if a.uds else {"host": config.host, "port": config.port}
+    uvicorn.run(build_app(config), **where, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def _identity(names: list[str | None], path: Path) -> tuple[str, int, str | None
 
 
 async def load_model(request: Request) -> Response:
-    from rlhf.manifest import ArtifactError, artifact_sha256
+    from rlhf.manifest import ArtifactError, artifact_sha256, verify
     from serving.app import BadRequest
     from serving.registry import RegistryError
 
@@ -145,6 +145,8 @@ async def load_model(request: Request) -> Response:
             path, own_base = variant_parts(path)  # an optimised variant carries its own base
             subject, version, expected = _identity([target, name, url, path.parent.name], path)
             actual = await asyncio.to_thread(artifact_sha256, path)  # every file against the manifest
+            if own_base is not None and own_base != path:  # the variant's base too, before any process starts
+                await asyncio.to_thread(verify, own_base)
         except (ValueError, PackagingError) as exc:
             return _error(400, str(exc))
         except ArtifactError as exc:

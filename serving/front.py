@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.app import RequestIDMiddleware, _frame, _stream_kind, error
+from serving.app import RequestIDMiddleware, _frame, _stream_kind, _watch_disconnect, error
 
 log = logging.getLogger("serving.front")
 
@@ -152,11 +152,18 @@ async def forward(request: Request) -> Response:
     kind = _stream_kind(request.headers.get("accept", ""))
     streaming = upstream.headers.get("content-type", "").startswith(("text/event-stream", "application/jsonlines"))
     if not streaming:
+        collect = asyncio.ensure_future(upstream.aread())
+        watch = asyncio.ensure_future(_watch_disconnect(request))
         try:
-            content = await upstream.aread()
+            await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not collect.done():  # the client went away: closing the upstream makes the worker cancel it
+                collect.cancel()
+                return Response(status_code=499)
+            content = collect.result()
         except httpx.TransportError as exc:
             return _down(worker, f"it stopped while answering: {type(exc).__name__}")
         finally:
+            watch.cancel()
             await upstream.aclose()
         return Response(content, status_code=upstream.status_code, headers=keep)
 

@@ -81,6 +81,20 @@ def make_version(pv_parent, version: int, status: str = "candidate"):
                                         parent=pv_parent, path=str(dest), sha256=artifact_sha256(dest))
 
 
+def built_variant(subject: str, method: str = "quantise", config: dict | None = None, gate=False):
+    """(v1 of `subject`, its optimised variant, the job): a real optimise job run here (ungated by default)."""
+    from training import services
+    from training.models import Job, PolicyVersion
+    from training.optimise import launch_optimise
+
+    services.ensure_initial_versions()
+    source = PolicyVersion.objects.get(subject=subject, version=1)
+    job = launch_optimise(source, method, config or {}, gate=gate)
+    assert services.execute_job(job.pk, worker="test") == "succeeded", Job.objects.get(pk=job.pk).error
+    job.refresh_from_db()
+    return source, PolicyVersion.objects.get(pk=job.result["policy_version_id"]), job
+
+
 def pass_gate(pv) -> None:
     from training.models import EvaluationReport
 

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from tests.training.conftest import built_variant
 from training import services
 from training.models import Job, PolicyVersion
 from training.optimise import launch_optimise, launch_variant_gate
@@ -69,11 +70,7 @@ def test_quantised_variant_gate_canary_promote_rollback(endpoint):
 
 
 def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(endpoint):
-    services.ensure_initial_versions()
-    v1 = PolicyVersion.objects.get(subject="history", version=1)
-    job = launch_optimise(v1, "quantise", {}, gate=False)
-    assert services.execute_job(job.pk, worker="test") == "succeeded"
-    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    _, variant, _ = built_variant("history")
     client = endpoint.client()
     client.load_adapter("history", variant.version, variant.path, base=variant.base_path)
     client.set_routing("history", variant.version)
@@ -99,12 +96,8 @@ def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(end
 
 
 def test_a_variant_that_fails_its_gate_is_retired_and_never_deployed(endpoint):
-    services.ensure_initial_versions()
-    v1 = PolicyVersion.objects.get(subject="language", version=1)
-    before = services.get_deployer().state()
-    job = launch_optimise(v1, "quantise", {}, gate=False)
-    assert services.execute_job(job.pk, worker="test") == "succeeded"
-    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    _, variant, _ = built_variant("language")
+    before = services.get_deployer().state()  # the variant was built but never published
     gate = launch_variant_gate(variant, gate={"speed_factor": 100.0, "size_factor": 0.01, "measure": QUICK})
     assert services.execute_job(gate.pk, worker="test") == "succeeded"
     variant.refresh_from_db()
@@ -133,11 +126,7 @@ def test_the_next_pipeline_trains_from_a_promoted_variants_source(models_dir):
     from tests.training.conftest import PERMISSIVE_GATE, TINY_PIPELINE, seed_rankings
     from training import pipeline
 
-    services.ensure_initial_versions()
-    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
-    job = launch_optimise(v1, "quantise", {}, gate=False)
-    assert services.execute_job(job.pk, worker="test") == "succeeded"
-    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    v1, variant, _ = built_variant("mathematics")
     # as if promoted (no endpoint here): the variant serves, its source is retired
     PolicyVersion.objects.filter(pk=v1.pk).update(status="retired")
     PolicyVersion.objects.filter(pk=variant.pk).update(status="promoted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf.manifest import artifact_sha256, verify
+from tests.training.conftest import built_variant
 from training import services
 from training.models import Job, PolicyVersion
 from training.optimise import launch_optimise, launch_variant_gate
@@ -82,11 +83,7 @@ def test_a_variants_report_card_runs_on_the_variants_own_base(models_dir):
     from training.benchmarks import launch_report_card
     from training.models import BenchmarkReport
 
-    services.ensure_initial_versions()
-    v1 = PolicyVersion.objects.get(subject="mathematics", version=1)
-    job = launch_optimise(v1, "quantise", {}, gate=False)
-    assert services.execute_job(job.pk, worker="test") == "succeeded"
-    variant = PolicyVersion.objects.get(pk=Job.objects.get(pk=job.pk).result["policy_version_id"])
+    v1, variant, _ = built_variant("mathematics")
     assert services.version_base_path(variant) == variant.base_path != services.version_base_path(v1)
     for pv in (v1, variant):
         card_job = launch_report_card(pv, suites=["corpus_mc"], limit=2)

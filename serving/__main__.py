@@ -11,7 +11,6 @@ from pathlib import Path
 import uvicorn
 
 from serving.config import ServerConfig, default_kv_budget_mb, default_model_locations, default_port
-from serving.server import build_app
 
 
 def _env_flag(name: str) -> bool:
@@ -68,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     # The decode thread and the event loop share the GIL (tunable for experiments; see docs/performance.md).
     sys.setswitchinterval(config.switch_interval_ms / 1000)
+    from serving.server import build_app  # torch and the model: not in the front's process
+
     where = {"uds": a.uds} if a.uds else {"host": config.host, "port": config.port}
     uvicorn.run(build_app(config), **where, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
 

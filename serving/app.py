@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serving.config import ServerConfig
+from serving.http import RequestIDMiddleware, _frame, _stream_kind, _watch_disconnect, error
 from serving.registry import AdapterVersion, RegistryError
 from serving.scheduler import Group, QueueFull, SamplingParams, TooLargeForBudget
 
@@ -34,10 +35,6 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @dataclass
@@ -274,22 +271,6 @@ class Generation:
         }
 
 
-def _stream_kind(accept: str) -> str | None:
-    accept = accept.lower()
-    if "text/event-stream" in accept:
-        return "sse"
-    if any(t in accept for t in ("application/jsonlines", "application/jsonl", "application/x-ndjson")):
-        return "jsonlines"
-    return None
-
-
-async def _watch_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 # ---- handlers -----------------------------------------------------------------------------------
 
 async def ping(request: Request) -> Response:
@@ -449,11 +430,6 @@ async def _drain(gen: Generation) -> None:
         pass
 
 
-def _frame(kind: str, obj: dict) -> str:
-    line = json.dumps(obj, ensure_ascii=False)
-    return f"data: {line}\n\n" if kind == "sse" else line + "\n"
-
-
 async def metrics(request: Request) -> Response:
     state = request.app.state.endpoint
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -548,40 +524,6 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
     return error(405, f"{request.method} is not allowed on {request.url.path}")
-
-
-class RequestIDMiddleware:
-    """Echo the caller's ``X-Request-ID`` (the web tier and Celery send theirs) and log it: every admin
-    call and every failed request at INFO, the rest at DEBUG (a log line per token stream costs TTFT)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
-        rid = rid if rid and len(rid) <= 64 and rid.replace("-", "").replace(".", "").replace(":", "").replace(
-            "_", "").isalnum() else ""
-        status = {}
-
-        async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                if rid:
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (b"x-request-id", rid.encode())]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            code = status.get("code", 500)
-            admin = scope.get("path", "").startswith("/admin/")
-            level = logging.INFO if admin or code >= 400 else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(level, "%s %s %s [request %s]", scope.get("method"), scope.get("path"), code, rid or "-")
 
 
 def create_app(state: Any) -> Starlette:

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serving.app import RequestIDMiddleware, _frame, _stream_kind, _watch_disconnect, error
+from serving.http import RequestIDMiddleware, _frame, _stream_kind, _watch_disconnect, error
 
 log = logging.getLogger("serving.front")
 

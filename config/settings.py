@@ -357,6 +357,13 @@ TRAINING_HEARTBEAT_SECONDS = float_var("TRAINING_HEARTBEAT_SECONDS", 5.0, lo=0.1
 TRAINING_JOB_STALE_SECONDS = float_var("TRAINING_JOB_STALE_SECONDS", 60.0, lo=1.0, hi=86400)
 TRAINING_REAPER_INTERVAL = float_var("TRAINING_REAPER_INTERVAL", 30.0, lo=1.0, hi=86400)
 TRAINING_DEPLOY_ATTEMPTS = int_var("TRAINING_DEPLOY_ATTEMPTS", 5, minimum=1)
+# The gate of an optimised variant, against its source (training.optimise; a launch may override each):
+# every quality suite may drop by at most the tolerance, and the variant must be faster by the speed factor
+# or smaller by the size factor; measured on this many held-out questions (docs/optimise.md).
+TRAINING_VARIANT_QUALITY_TOLERANCE = float_var("TRAINING_VARIANT_QUALITY_TOLERANCE", 0.05, lo=0.0, hi=1.0)
+TRAINING_VARIANT_SPEED_FACTOR = float_var("TRAINING_VARIANT_SPEED_FACTOR", 1.2, lo=0.01, hi=100.0)
+TRAINING_VARIANT_SIZE_FACTOR = float_var("TRAINING_VARIANT_SIZE_FACTOR", 0.6, lo=0.01, hi=100.0)
+TRAINING_VARIANT_QUESTIONS = int_var("TRAINING_VARIANT_QUESTIONS", 16, minimum=1)
 # the report card (rlhf.evals) runs as its own "benchmarks" job after a pipeline deploys a version: these suites
 # ("all" or a comma list), at most this many items per suite (small: minutes on the demo machine's CPU)
 TRAINING_REPORT_CARD_ENABLED = bool_var("TRAINING_REPORT_CARD_ENABLED", True)

@@ -57,10 +57,13 @@ def parse_gate(gate: Any) -> dict[str, Any] | None:
         gate = {}
     if not isinstance(gate, dict):
         raise TrainingError("the gate must be a JSON object (or false for none)")
-    gate = dict(gate)
+    gate = {"quality_tolerance": settings.TRAINING_VARIANT_QUALITY_TOLERANCE,
+            "speed_factor": settings.TRAINING_VARIANT_SPEED_FACTOR,
+            "size_factor": settings.TRAINING_VARIANT_SIZE_FACTOR, **gate}
     measure = gate.pop("measure", None) or {}
     if not isinstance(measure, dict) or set(measure) - MEASURE_KEYS:
         raise TrainingError(f"gate.measure takes only {', '.join(sorted(MEASURE_KEYS))}")
+    measure = {"n": settings.TRAINING_VARIANT_QUESTIONS, **measure}
     try:
         parsed = VariantGate(**gate)
         MeasureSpec(base="", **measure)
@@ -205,7 +208,8 @@ def gate_variant(pv: PolicyVersion, gate_cfg: dict[str, Any], rep: JobReporter, 
         quality[role] |= {f"card:{k}": v for k, v in _card_quality(version).items()}
     verdict = judge_variant({"quality": quality["source"], **rows["source"]},
                             {"quality": quality["variant"], **rows["variant"]}, gate)
-    suites = {c["suite"]: {"candidate": c["variant"], "baseline": c["source"], "threshold": -c["tolerance"],
+    # threshold: the largest drop allowed (quality), the ratio to reach (tokens/s: at least; size: at most)
+    suites = {c["suite"]: {"candidate": c["variant"], "baseline": c["source"], "threshold": c["tolerance"],
                            "delta": c["delta"], "passed": c["passed"]} for c in verdict["checks"]}
     g = verdict["gains"]
     suites["tokens_per_s"] = {"candidate": rows["variant"]["tokens_per_s"], "baseline": rows["source"]["tokens_per_s"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.labeling import free_port, pct, run_level, setup, start_web, stop_web  # noqa: E402
 
 LS_DIR = ROOT / "var" / "label-studio"
+LS_USER = "bench@example.org"
 LABEL_CONFIG = """<View>
   <Text name="prompt" value="$prompt"/>
   <List name="answers" value="$items" title="Replies"/>
@@ -86,7 +88,7 @@ def start_label_studio(exe: Path, db: str, token: str, timeout: float) -> tuple[
         env.pop(key, None)
     log = open(LS_DIR / "server.log", "ab")  # noqa: SIM115 - owned by the child
     cmd = [str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
-           "--username", "bench@example.org", "--password", secrets.token_urlsafe(12), "--user-token", token]
+           "--username", LS_USER, "--password", secrets.token_urlsafe(12), "--user-token", token]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -101,6 +103,23 @@ def start_label_studio(exe: Path, db: str, token: str, timeout: float) -> tuple[
         time.sleep(1)  # polling while it migrates and boots
     os.killpg(proc.pid, signal.SIGKILL)
     raise Unavailable(f"label-studio did not answer /health within {timeout:.0f} s (see {LS_DIR / 'server.log'})")
+
+
+def enable_legacy_tokens(db: str, token: str) -> str:
+    """Label Studio >= 1.17 starts with legacy API tokens off (its personal access tokens are JWTs to refresh).
+    An admin turns them on in Organization -> API token settings; the benchmark owns the database, so it sets
+    the same flag there (`jwt_auth_jwtsettings.legacy_api_tokens_enabled`). Returns the admin's token: the one
+    `--user-token` set when the user was first created (a later start keeps it)."""
+    import psycopg
+
+    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
+    with psycopg.connect(host=pg.hostname or "127.0.0.1", port=pg.port or 5432, user=pg.username or "postgres",
+                         password=pg.password or None, dbname=db, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):  # older Label Studio: legacy tokens only
+            conn.execute("UPDATE jwt_auth_jwtsettings SET legacy_api_tokens_enabled = true")
+        row = conn.execute("SELECT t.key FROM authtoken_token t JOIN htx_user u ON u.id = t.user_id "
+                           "WHERE u.email = %s", (LS_USER,)).fetchone()
+    return row[0] if row else token
 
 
 def make_project(url: str, token: str, n_tasks: int) -> tuple[int, list[int]]:
@@ -200,6 +219,7 @@ def main() -> int:
     try:
         exe = install(args.pip_spec, args.install_timeout)
         proc, url = start_label_studio(exe, args.ls_database, token, timeout=900)
+        token = enable_legacy_tokens(args.ls_database, token)
         for n in args.annotators:
             project, ids = make_project(url, token, n * args.per_annotator)
             ls_results[n] = asyncio.run(ls_level(url, token, project, ids, n, args.per_annotator, args.seconds))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import secrets
@@ -237,6 +238,7 @@ def main() -> int:
     workers = args.web_concurrency or default_workers()
     with tempfile.TemporaryDirectory(prefix="bench-ls-") as tmp:
         labelers = setup(Path(tmp), n_tasks, sum(args.annotators))
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # Django's logging config logs every request
         web, ours_url = start_web("new", workers, 4)
         try:
             offset = 0

@@ -133,6 +133,14 @@ class LocalDeployer:
         from serving.client import EndpointError
 
         path = check_artifact(subject, version, artifact_path, sha256)
+        if base_path and Path(base_path).resolve() != Path(path).resolve():
+            from rlhf.manifest import ArtifactError, verify
+
+            try:  # refused here, as on SageMaker, before the endpoint starts a process for it
+                verify(base_path)
+            except ArtifactError as exc:
+                raise DeployError(f"refused {subject} v{version}: its base failed verification: {exc}",
+                                  subject=subject, version=version) from None
         base = {"target": self.target, "endpoint": self.endpoint_url, "subject": subject, "version": version,
                 "sha256": sha256, "path": path} | ({"base": base_path} if base_path else {})
         current = self._loaded(self._listing(), subject, version)

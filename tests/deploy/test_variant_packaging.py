@@ -24,7 +24,7 @@ from rlhf.optimise.quantise import QuantiseConfig, quantise
 from serving.deploy import DeployError, get_deployer
 from serving.deploy.packaging import archive_name, build_archive, extract_archive, variant_parts
 from tests.deploy.aws import BUCKET, sagemaker_options
-from tests.fixtures.endpoint import install_adapters, start_endpoint
+from tests.fixtures.endpoint import free_port, install_adapters, start_endpoint
 
 pytestmark = pytest.mark.ml  # quantises the tiny model (a few seconds)
 
@@ -162,3 +162,12 @@ def test_sagemaker_refuses_a_variant_whose_base_fails_verification_before_upload
         d.publish(SUBJECT, VERSION, str(variant["adapter"]), variant["sha256"], base_path=str(bad))
     assert s3.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+
+
+def test_local_publish_refuses_a_variant_whose_base_fails_verification_before_calling_the_endpoint(variant, tmp_path):
+    bad = tmp_path / "base-int8"
+    shutil.copytree(variant["base"], bad)
+    (bad / "config.json").write_text((bad / "config.json").read_text() + " ")
+    d = get_deployer("local", endpoint_url=f"http://127.0.0.1:{free_port()}", admin_token="x", retries=1)
+    with pytest.raises(DeployError, match="its base failed verification"):  # not "cannot reach the endpoint"
+        d.publish(SUBJECT, VERSION, str(variant["adapter"]), variant["sha256"], base_path=str(bad))

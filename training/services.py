@@ -648,22 +648,30 @@ def start_pipeline(config: dict | None = None, user=None) -> Job:
 
 
 def maybe_trigger_pipeline(min_new_pairs: int | None = None, config: dict | None = None) -> TriggerResult:
-    """The schedule's body: start a pipeline when ≥ N new pairs exist and none is running."""
-    from feedback.selectors import latest_snapshot, new_pairs_count
+    """The schedule's body: start a pipeline when ≥ N new pairs exist and none is running.
+
+    New pairs: the labelers' since the last snapshot, plus the students' implicit pairs (thumbs,
+    regenerations) newer than its watermark, each counted at its (lower) training weight.
+    """
+    from feedback.selectors import latest_snapshot, new_implicit_pairs, new_pairs_count
 
     threshold = settings.TRAINING_MIN_NEW_PAIRS if min_new_pairs is None else int(min_new_pairs)
     if running_pipeline() is not None:
         return TriggerResult(None, "a pipeline is already running")
     last = latest_snapshot()
     since = last.last_ranking_id if last is not None else None
-    n = new_pairs_count(since)
+    labeled = new_pairs_count(since)
+    implicit, weight = new_implicit_pairs(last)
+    n = labeled + weight
+    what = f"{n:g} new pairs" + (f" ({labeled} from labelers, {implicit} from students' feedback weighing "
+                                 f"{weight:g})" if implicit else "")
     if n < threshold:
-        return TriggerResult(None, f"{n} new pairs < {threshold}")
+        return TriggerResult(None, f"{what} < {threshold}")
     try:
         job = start_pipeline(config)
     except TrainingError as exc:
         return TriggerResult(None, str(exc))
-    return TriggerResult(job, f"{n} new pairs >= {threshold}")
+    return TriggerResult(job, f"{what} >= {threshold}")
 
 
 # ==================================================================================================

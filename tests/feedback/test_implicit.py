@@ -160,3 +160,19 @@ def test_student_names_are_masked_in_implicit_pairs(datasets_dir):
     (row,) = _implicit(services.create_snapshot())
     assert "ada" not in (row["prompt"] + row["chosen"] + row["rejected"]).lower()
     assert "[name]" in row["prompt"]
+
+
+def test_the_schedule_counts_students_feedback_at_its_weight(datasets_dir, settings):
+    """Beat's trigger: implicit pairs count toward the new-pairs threshold, at their training weight."""
+    from feedback.selectors import new_implicit_pairs
+    from training.services import maybe_trigger_pipeline
+
+    _classroom()
+    implicit, weight = new_implicit_pairs(None)
+    assert implicit >= 2 and 0 < weight < implicit  # each counts at its (lower) weight, not as a whole pair
+    r = maybe_trigger_pipeline(100)
+    assert r.started is None
+    assert r.reason == (f"{weight:g} new pairs (0 from labelers, {implicit} from students' feedback weighing "
+                        f"{weight:g}) < 100")
+    settings.FEEDBACK_SOURCES = ["labeler", "imported"]  # the students' sources switched off: nothing new
+    assert maybe_trigger_pipeline(1).reason == "0 new pairs < 1"

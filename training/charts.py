@@ -69,6 +69,16 @@ def _panel(metric: str, bars: list[dict[str, Any]], x0: int) -> list[str]:
     return out
 
 
+def _svg(attrs: str, n_panels: int, title: str, style: str, body: list[str]) -> SafeString:
+    """`n_panels` side-by-side `_panel`s in one SVG (`title` and `attrs` already escaped)."""
+    width = PANEL_W * n_panels
+    head = (f'<svg {attrs} role="img" viewBox="0 0 {width} {PANEL_H}" width="{width}" height="{PANEL_H}" '
+            f'xmlns="http://www.w3.org/2000/svg"><title>{title}</title><style>.axis{{stroke:#888;stroke-width:1}}'
+            f"{style}.tick{{font:10px sans-serif;fill:#444}}.chart-title{{font:bold 11px sans-serif;fill:#222}}"
+            "</style>")
+    return mark_safe(head + "".join(body) + "</svg>")  # noqa: S308 - every text node is escaped by the callers
+
+
 def suite_chart(suite: str, cells: list[tuple[Any, Any]], metrics: list[str]) -> SafeString:
     """A panel per metric (its own scale), a bar per version that ran the suite; "" when nothing to draw.
 
@@ -87,16 +97,10 @@ def suite_chart(suite: str, cells: list[tuple[Any, Any]], metrics: list[str]) ->
             panels.append((m, bars))
     if not panels:
         return mark_safe("")
-    width = PANEL_W * len(panels)
-    parts = [f'<svg class="bench-chart" data-suite="{escape(suite)}" role="img" viewBox="0 0 {width} {PANEL_H}" '
-             f'width="{width}" height="{PANEL_H}" xmlns="http://www.w3.org/2000/svg">',
-             f"<title>{escape(suite)}: value per version with 95 % interval whiskers</title>",
-             "<style>.axis{stroke:#888;stroke-width:1}.whisker line{stroke:#222;stroke-width:1.4}"
-             ".tick{font:10px sans-serif;fill:#444}.chart-title{font:bold 11px sans-serif;fill:#222}</style>"]
-    for i, (m, bars) in enumerate(panels):
-        parts += _panel(m, bars, i * PANEL_W)
-    parts.append("</svg>")
-    return mark_safe("".join(parts))  # noqa: S308 - every text node above is escaped
+    body = [part for i, (m, bars) in enumerate(panels) for part in _panel(m, bars, i * PANEL_W)]
+    return _svg(f'class="bench-chart" data-suite="{escape(suite)}"', len(panels),
+                f"{escape(suite)}: value per version with 95 % interval whiskers",
+                ".whisker line{stroke:#222;stroke-width:1.4}", body)
 
 
 def _reference_line(bars: list[dict[str, Any]], level: float, x0: int, label: str) -> str:
@@ -131,14 +135,10 @@ def variant_chart(source_label: str, variants: list[tuple[str, dict[str, Any] | 
             panels.append((title, bars, 0.0 if key == "accuracy" else 1.0))
     if not panels:
         return mark_safe("")
-    width = PANEL_W * len(panels)
-    parts = [f'<svg class="bench-chart variant-chart" role="img" viewBox="0 0 {width} {PANEL_H}" '
-             f'width="{width}" height="{PANEL_H}" xmlns="http://www.w3.org/2000/svg">',
-             f"<title>variants of {escape(source_label)} relative to it (dashed: the source)</title>",
-             "<style>.axis{stroke:#888;stroke-width:1}.reference line{stroke:#b5542b;stroke-dasharray:4 3}"
-             ".tick{font:10px sans-serif;fill:#444}.chart-title{font:bold 11px sans-serif;fill:#222}</style>"]
+    body = []
     for i, (title, bars, level) in enumerate(panels):
-        parts += _panel(title, bars, i * PANEL_W)
-        parts.append(_reference_line(bars, level, i * PANEL_W, f"{source_label} {'Δ 0' if level == 0 else '1×'}"))
-    parts.append("</svg>")
-    return mark_safe("".join(parts))  # noqa: S308 - every text node above is escaped
+        body += _panel(title, bars, i * PANEL_W)
+        body.append(_reference_line(bars, level, i * PANEL_W, f"{source_label} {'Δ 0' if level == 0 else '1×'}"))
+    return _svg('class="bench-chart variant-chart"', len(panels),
+                f"variants of {escape(source_label)} relative to it (dashed: the source)",
+                ".reference line{stroke:#b5542b;stroke-dasharray:4 3}", body)

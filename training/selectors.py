@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q, Subquery, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -65,16 +65,29 @@ def jobs(limit: int = 50, status: str | None = None, kind: str | None = None, to
 
 
 def live_versions() -> dict[str, dict[str, Any]]:
-    """Per subject: the promoted version, the canary (if any) and its share, from the latest deployment."""
+    """Per subject: the promoted version, the canary (if any) and its share, from the latest deployment.
+
+    Two queries whatever the number of subjects, versions or deployments (was three per subject): the
+    promoted and canary rows of every subject (at most one each: unique constraints), and each subject's
+    newest not-failed deployment (a subquery picks its id).
+    """
+    live: dict[tuple[str, str], PolicyVersion] = {
+        (pv.subject, pv.status): pv for pv in PolicyVersion.objects.filter(
+            subject__in=SUBJECTS, status__in=[PolicyVersion.Status.PROMOTED, PolicyVersion.Status.CANARY]
+        ).only("id", "subject", "version", "status")}
+    newest = (Deployment.objects.filter(subject__in=SUBJECTS).exclude(status=Deployment.Status.FAILED)
+              .order_by().values("subject").annotate(last=Max("id")).values("last"))
+    deps = {d["subject"]: d for d in Deployment.objects.filter(id__in=Subquery(newest))
+            .values("subject", "status", "candidate_id", "candidate_share")}
     out: dict[str, dict[str, Any]] = {}
     for s in SUBJECTS:
-        promoted = PolicyVersion.objects.filter(subject=s, status=PolicyVersion.Status.PROMOTED).first()
-        canary = PolicyVersion.objects.filter(subject=s, status=PolicyVersion.Status.CANARY).first()
-        dep = Deployment.objects.filter(subject=s).exclude(status=Deployment.Status.FAILED).first()
-        share = dep.candidate_share if dep and dep.candidate_id else 0.0
+        promoted = live.get((s, PolicyVersion.Status.PROMOTED))
+        canary = live.get((s, PolicyVersion.Status.CANARY))
+        dep = deps.get(s)
+        share = dep["candidate_share"] if dep and dep["candidate_id"] else 0.0
         out[s] = {"promoted": promoted.version if promoted else None, "promoted_id": promoted.pk if promoted else None,
                   "canary": canary.version if canary else None, "canary_id": canary.pk if canary else None,
-                  "canary_share": share, "deployment_status": dep.status if dep else None,
+                  "canary_share": share, "deployment_status": dep["status"] if dep else None,
                   "split": _split_text(promoted, canary, share)}
     return out
 
@@ -88,28 +101,42 @@ def _split_text(promoted, canary, share: float) -> str:
 
 
 def overview() -> dict[str, Any]:
-    """The studio's front page: data flowing in, and what is live."""
-    from feedback.models import Ranking
-    from feedback.selectors import latest_snapshot, new_pairs_count
+    """The studio's front page: data flowing in, and what is live.
+
+    A fixed number of queries (docs/web-tier.md, "Hot paths"; pinned in tests/training/test_overview_queries.py):
+    the ranking figures in one aggregate (one scan instead of five), the snapshots read once for the
+    last snapshot and the per-source counts, the live versions in two.
+    """
+    from feedback.models import DatasetSnapshot, Ranking
 
     now = timezone.now()
     week_ago = now - timedelta(days=7)
     per_day = (Ranking.objects.filter(created_at__gte=week_ago).annotate(day=TruncDate("created_at"))
                .values("day").annotate(n=Count("id")).order_by("day"))
-    last = latest_snapshot()
+    snaps = list(DatasetSnapshot.objects.order_by("-id").only(
+        "id", "sha256", "train_rows", "test_rows", "last_ranking_id", "source_counts", "ranking_pairs",
+        "imported_pairs"))
+    last = snaps[0] if snaps else None
     since = last.last_ranking_id if last else None
+    # feedback.selectors.new_pairs_count's rule (gold tasks give no pairs), for everything and since the snapshot
+    not_gold = Q(task__is_gold=False)
+    figures = Ranking.objects.aggregate(
+        today=Count("id", filter=Q(created_at__date=now.date())), total=Count("id"),
+        pairs_total=Sum("pair_count", filter=not_gold),
+        pairs_new=Sum("pair_count", filter=not_gold & Q(id__gt=since)) if since is not None
+        else Sum("pair_count", filter=not_gold),
+        labelers=Count("labeler", distinct=True, filter=Q(created_at__gte=now - timedelta(days=1))))
     return {
         "rankings_per_day": [{"day": r["day"].isoformat(), "rankings": r["n"]} for r in per_day],
-        "rankings_today": Ranking.objects.filter(created_at__date=now.date()).count(),
-        "rankings_total": Ranking.objects.count(),
-        "pairs_total": new_pairs_count(None),
-        "pairs_new": new_pairs_count(since),
-        "labelers_active": Ranking.objects.filter(created_at__gte=now - timedelta(days=1))
-        .values("labeler").distinct().count(),
+        "rankings_today": figures["today"],
+        "rankings_total": figures["total"],
+        "pairs_total": figures["pairs_total"] or 0,
+        "pairs_new": figures["pairs_new"] or 0,
+        "labelers_active": figures["labelers"],
         "versions": live_versions(),
         "running_jobs": Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.QUEUED]).count(),
         "last_snapshot": {"id": last.pk, "sha256": last.sha256, "rows": last.rows} if last else None,
-        "sources": feedback_sources(),
+        "sources": feedback_sources([(s.source_counts, s.ranking_pairs, s.imported_pairs) for s in snaps]),
         "canaries": canary_live(),
     }
 
@@ -121,14 +148,20 @@ def canary_live() -> list[dict[str, Any]]:
     return live()
 
 
-def feedback_sources() -> list[dict[str, Any]]:
-    """Per source of preference pairs: on/off (setting and the admin's switch) and the pairs it gave snapshots."""
+def feedback_sources(snaps: list[tuple[dict, int, int]] | None = None) -> list[dict[str, Any]]:
+    """Per source of preference pairs: on/off (setting and the admin's switch) and the pairs it gave snapshots.
+
+    ``snaps``: every snapshot's (source_counts, ranking_pairs, imported_pairs), newest first, when the
+    caller already read them (the overview does); else they are read here.
+    """
     from django.conf import settings
 
     from feedback.models import DatasetSnapshot, FeedbackSource
 
     off = set(FeedbackSource.objects.filter(enabled=False).values_list("slug", flat=True))
-    snaps = list(DatasetSnapshot.objects.order_by("-id").values_list("source_counts", "ranking_pairs", "imported_pairs"))
+    if snaps is None:
+        snaps = list(DatasetSnapshot.objects.order_by("-id").values_list("source_counts", "ranking_pairs",
+                                                                          "imported_pairs"))
     rows = []
     for slug, label in FeedbackSource.Slug.choices:
         def count(sc: dict, ranking: int, imported: int, slug: str = slug) -> int:

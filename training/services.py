@@ -88,8 +88,11 @@ def ensure_initial_versions() -> list[PolicyVersion]:
     from rlhf.manifest import ArtifactError, artifact_sha256, read_manifest
 
     created = []
+    # one query on every studio page load (was one per subject): the subjects that already have versions
+    present = set(PolicyVersion.objects.filter(subject__in=SUBJECTS).order_by().values_list("subject", flat=True)
+                  .distinct())
     for subject in SUBJECTS:
-        if PolicyVersion.objects.filter(subject=subject).exists():
+        if subject in present:
             continue
         path = adapters_root() / subject / "v1"
         if not (path / "manifest.json").is_file():

@@ -184,18 +184,27 @@ async def student(client: httpx.AsyncClient, token: str, running: Callable[[], b
             await asyncio.sleep(0.2)  # back off
 
 
-async def time_to_green(url: str, limit: float) -> float:
-    """Seconds until /healthz answers 200 (-1 if not within ``limit``)."""
+async def time_to_green(url: str, limit: float) -> tuple[float, dict[str, int]]:
+    """Seconds until /healthz answers 200 (-1 if not within ``limit``), and how many polls saw each check red
+    (which part was slow to heal)."""
     t0 = time.monotonic()
+    red: dict[str, int] = {}
     async with httpx.AsyncClient(timeout=5) as client:
         while time.monotonic() - t0 < limit:
             try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    return time.monotonic() - t0
+                resp = await client.get(f"{url}/healthz")
+                if resp.status_code == 200:
+                    return time.monotonic() - t0, red
+                try:
+                    failing = [k for k, v in resp.json()["checks"].items() if v != "ok"]
+                except (ValueError, KeyError, AttributeError):
+                    failing = [f"status {resp.status_code}"]
             except httpx.TransportError:
-                pass
+                failing = ["web unreachable"]
+            for name in failing:
+                red[name] = red.get(name, 0) + 1
             await asyncio.sleep(0.25)  # polling the health check
-    return -1.0
+    return -1.0, red
 
 
 def healthy(url: str) -> bool:
@@ -406,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = sorted((rnd.uniform(0.1, 0.5 if kind == "celery" and train else 0.9) * args.seconds, kind)
                       for kind in kinds)
 
-        def heal_text(healed: float) -> str:
-            return f"; /healthz green {healed:.1f} s later" if healed >= 0 else \
+        def heal_text(healed: float, red: dict[str, int]) -> str:
+            text = f"; /healthz green {healed:.1f} s later" if healed >= 0 else \
                 f"; /healthz NOT green within {args.heal_seconds:.0f} s"
+            return text + (" (red meanwhile: " + ", ".join(f"{k} x{n}" for k, n in red.items()) + ")" if red else "")
 
         async def training_fault(start: float, index: int) -> None:
             """The celery fault with a model; it runs beside the other faults (the job takes a while to step)."""
@@ -416,13 +426,14 @@ def main(argv: list[str] | None = None) -> int:
                                            tmp / "celery.log"), model.subjects[0], args.train_steps,
                                            args.train_ready_seconds, start, stats)
             t_kill = time.monotonic()
-            healed = await time_to_green(url, args.heal_seconds)
-            stats.heal.append(healed)
-            stats.faults[index] = line + heal_text(healed)
-            print("fault:", stats.faults[index], flush=True)
             # the reaper fails the job once its heartbeat is stale; the load and the other faults go on meanwhile
-            text = await asyncio.to_thread(training_outcome, stats.training_job, t_kill,
-                                           args.stale_seconds + 60 + args.train_steps)
+            outcome = asyncio.create_task(asyncio.to_thread(training_outcome, stats.training_job, t_kill,
+                                                            args.stale_seconds + 60 + args.train_steps))
+            healed, red = await time_to_green(url, args.heal_seconds)
+            stats.heal.append(healed)
+            stats.faults[index] = line + heal_text(healed, red)
+            print("fault:", stats.faults[index], flush=True)
+            text = await outcome
             stats.faults[index] += "; " + text
             print("fault outcome:", text, flush=True)
 
@@ -463,9 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                     old.kill()
                     procs["endpoint"] = Proc("endpoint", old.cmd, old.env, old.log).start()
                     stats.faults.append(f"{t:6.1f} s SIGKILL endpoint, started again")
-                healed = await time_to_green(url, args.heal_seconds)
+                healed, red = await time_to_green(url, args.heal_seconds)
                 stats.heal.append(healed)
-                stats.faults[-1] += heal_text(healed)
+                stats.faults[-1] += heal_text(healed, red)
                 print("fault:", stats.faults[-1], flush=True)
             await asyncio.gather(*background)
 

@@ -29,7 +29,7 @@ def test_short_soak_with_faults(transactional_db, tiny_base_path, tiny_adapters)
     env.pop("REDIS_URL", None)  # it starts and restarts its own Redis, never the shared one
     adapters = Path(next(iter(tiny_adapters.values()))).parents[1]  # <root>/<subject>/v1
     proc = subprocess.run([sys.executable, "benchmarks/soak.py", "--seconds", "30", "--labelers", "6", "--tasks",
-                           "300", "--web-concurrency", "2", "--heal-seconds", "60", "--seed", "1",
+                           "500", "--web-concurrency", "2", "--heal-seconds", "60", "--seed", "1",
                            "--base-model", str(tiny_base_path), "--adapters", str(adapters), "--train-steps", "200",
                            "--stale-seconds", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=340)

@@ -112,6 +112,11 @@ def variants_root() -> Path:
     return Path(settings.TUTOR_MODELS_DIR) / "optimised"
 
 
+def variant_dir(subject: str, version: int, method: str) -> Path:
+    """Where the variant `version` of `subject` made by `method` lives (its base and adapters)."""
+    return variants_root() / subject / f"v{version}-{method}"
+
+
 def step_optimise(job: Job, rep: JobReporter) -> dict[str, Any]:
     """Build the variant, then record it as a candidate version of the source's subject."""
     from rlhf.manifest import artifact_sha256, read_manifest
@@ -131,7 +136,7 @@ def step_optimise(job: Job, rep: JobReporter) -> dict[str, Any]:
                                           kind=METHODS[method], source=source, parent=source, job=job,
                                           status=PolicyVersion.Status.TRAINING, path="",
                                           note=f"{method} of v{source.version}")
-    root = variants_root() / source.subject / f"v{n}-{method}"
+    root = variant_dir(source.subject, n, method)
     base_dir, adapter_dir = root / "base", root / "adapters"
     try:
         if method == "distil":

@@ -15,6 +15,7 @@ Rules this module keeps (docs/studio.md):
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -526,6 +527,8 @@ def claim_job(job_id: int, worker: str = "") -> Job | None:
             return None
         if job.status == Job.Status.RUNNING and job.heartbeat_at and job.heartbeat_at > stale:
             return None  # alive elsewhere
+        if job.status == Job.Status.RUNNING:  # re-claimed after its worker died: that attempt's output is void
+            _fail_dead_attempt(job, "its job's previous attempt died with its worker")
         if job.cancel_requested:
             Job.objects.filter(pk=job_id).update(status=Job.Status.CANCELLED, finished_at=now)
             return None
@@ -588,6 +591,29 @@ def execute_job(job_id: int, worker: str = "") -> str:
     return status
 
 
+def partial_output_dirs(job: Job, pv: PolicyVersion) -> list[Path]:
+    """Where a job that died mid-step may have left `pv`'s half-made artefacts (under the models dir only)."""
+    root = Path(settings.TUTOR_MODELS_DIR).resolve()
+    dirs = [Path(pv.path)] if pv.path else []
+    if job.kind == Job.Kind.OPTIMISE:
+        from training.optimise import variant_dir
+
+        dirs.append(variant_dir(pv.subject, pv.version, str(job.config.get("method", ""))))
+    return [d for d in dirs if d.resolve() != root and root in d.resolve().parents]
+
+
+def _fail_dead_attempt(job: Job, note: str) -> None:
+    """Fail the versions a dead attempt of `job` was making, and remove what it half-wrote: a SIGKILLed worker
+    runs no cleanup (`removing_partial` covers exceptions and cancels only)."""
+    for pv in PolicyVersion.objects.filter(job=job, status=PolicyVersion.Status.TRAINING):
+        for d in partial_output_dirs(job, pv):
+            shutil.rmtree(d, ignore_errors=True)
+    PolicyVersion.objects.filter(job=job, status=PolicyVersion.Status.TRAINING).update(
+        status=PolicyVersion.Status.FAILED, note=note)
+    RewardModelVersion.objects.filter(job=job, status=RewardModelVersion.Status.TRAINING).update(
+        status=RewardModelVersion.Status.FAILED)
+
+
 def reap_dead_jobs() -> list[int]:
     """Fail running jobs whose heartbeat stopped (their worker died), and their versions; advance pipelines."""
     from training import pipeline
@@ -603,10 +629,7 @@ def reap_dead_jobs() -> list[int]:
                 error="worker lost: no heartbeat since " + job.heartbeat_at.isoformat(),
                 message="failed: the worker running this job died")
             if n:
-                PolicyVersion.objects.filter(job=job, status=PolicyVersion.Status.TRAINING).update(
-                    status=PolicyVersion.Status.FAILED, note="its job's worker died")
-                RewardModelVersion.objects.filter(job=job, status=RewardModelVersion.Status.TRAINING).update(
-                    status=RewardModelVersion.Status.FAILED)
+                _fail_dead_attempt(job, "its job's worker died")
                 reaped.append(job.pk)
     for job in dead:
         if job.pk in reaped and job.parent_id:

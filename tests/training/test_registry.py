@@ -85,6 +85,39 @@ def test_bad_requests_change_nothing(v1, down):
     assert not Deployment.objects.exclude(action="bootstrap").exists()
 
 
+def test_a_dead_attempt_leaves_no_half_written_artefact(v1, settings):
+    """SIGKILL runs no cleanup: the reaper (and a re-claim of the job) removes what the dead attempt wrote."""
+    from django.utils import timezone
+
+    from training.optimise import variant_dir
+
+    settings.TRAINING_JOB_STALE_SECONDS = 5
+    old = timezone.now() - timezone.timedelta(seconds=60)
+    jobs, dirs = [], []
+    for subject, version in (("mathematics", 2), ("history", 2)):
+        job = Job.objects.create(kind="optimise", subject=subject, status="running", heartbeat_at=old,
+                                 config={"method": "prune", "policy_version_id": v1.pk})
+        PolicyVersion.objects.create(subject=subject, version=version, status="training", kind="pruned", job=job,
+                                     source=v1, path="")
+        d = variant_dir(subject, version, "prune")
+        (d / "base").mkdir(parents=True)
+        (d / "base" / "model.safetensors").write_bytes(b"half")
+        jobs.append(job)
+        dirs.append(d)
+    assert sorted(services.reap_dead_jobs()) == sorted(j.pk for j in jobs)
+    assert not dirs[0].exists() and not dirs[1].exists()
+    assert set(PolicyVersion.objects.filter(job__in=jobs).values_list("status", flat=True)) == {"failed"}
+    # a re-claimed stale job (its message redelivered before the reaper ran) voids the dead attempt too
+    job = Job.objects.create(kind="optimise", subject="language", status="running", heartbeat_at=old,
+                             config={"method": "prune", "policy_version_id": v1.pk})
+    pv = PolicyVersion.objects.create(subject="language", version=2, status="training", kind="pruned", job=job,
+                                      source=v1, path="")
+    variant_dir("language", 2, "prune").mkdir(parents=True)
+    assert services.claim_job(job.pk, worker="w2") is not None
+    pv.refresh_from_db()
+    assert pv.status == "failed" and not variant_dir("language", 2, "prune").exists()
+
+
 def test_cancel_queued_job_and_its_pipeline(models_dir):
     pipeline = Job.objects.create(kind="pipeline", status="running")
     child = services.create_job("ppo", {"x": 1}, subject="history", parent=pipeline, enqueue=False)

@@ -88,3 +88,22 @@ def test_context_before_the_endpoint_call_is_one_query(student, django_assert_nu
         expected += [{"role": "user", "content": f"and {i}?"}, {"role": "assistant", "content": f"answer {i}"}]
     assert payload["messages"] == [*expected, {"role": "user", "content": "last?"}]
     assert payload["subject"] == "mathematics" and payload["routing_key"] == f"conversation-{conv.pk}"
+
+
+def test_the_message_rate_limit_fails_open_when_redis_is_down(caplog):
+    """The soak restarts Redis: a question asked meanwhile is answered, not refused with a 500."""
+    from django.contrib.auth.models import AnonymousUser
+    from django.core.cache.backends.redis import RedisCache
+    from rest_framework.test import APIRequestFactory
+
+    from tests.fixtures.endpoint import free_port
+    from tutor.api_chat import StudentMessageThrottle
+
+    throttle = StudentMessageThrottle()
+    throttle.cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", {})  # nothing listens there
+    request = APIRequestFactory().post("/api/chat/conversations/1/messages/")
+    request.user = type("U", (), {"is_authenticated": True, "pk": 1})()
+    assert throttle.allow_request(request, view=None) is True
+    assert "rate limit not checked" in caplog.text
+    request.user = AnonymousUser()
+    assert throttle.allow_request(request, view=None) is True

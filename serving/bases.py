@@ -6,8 +6,9 @@ Rather than holding several bases and batches in one process, each extra base ge
 process (the same `python -m serving`, on a loopback port, with no startup adapters), and this endpoint
 routes the subject's requests for that version to it. Routing, canary shares, hot swap and rollback stay
 in one registry, so the deployer and the chat client see one endpoint. Memory: one more process per extra
-base (the interpreter, torch and that base's weights: ~300 MB RSS on the demo model, measured in
-docs/optimise.md), freed when the base's last version is unloaded.
+base (the interpreter, torch and that base's weights: ~430 MB RSS on the demo model, almost all of it the
+runtime; measured in docs/optimise.md), freed when the base's last version is unloaded (training's
+promote / retire / rollback unload retired variants: `training.services.release_retired_variants`).
 
 The child's admin API takes this endpoint's admin token. A child that dies is started again on the next
 request that finds it down (that request gets a 503 with Retry-After), and its versions are loaded again.

@@ -195,13 +195,17 @@ class EndpointState:
         return av
 
     def _other_base(self, base: Path | None) -> bool:
+        from rlhf.manifest import ArtifactError
         from rlhf.models import base_fingerprint
 
         if base is None:
             return False
         if not base.is_dir():
             raise BadRequest(400, f"no base model directory at {base}")
-        return base_fingerprint(base) != self.base_sha256
+        try:
+            return base_fingerprint(base) != self.base_sha256
+        except ArtifactError as exc:
+            raise BadRequest(422, f"base refused: verification failed: {exc}") from None
 
     def _remote(self, subject: str, version: int, path: Path, base: Path) -> AdapterVersion:
         """A version served by the child endpoint of `base` (blocking: starts the child if needed)."""

@@ -220,6 +220,22 @@ def _record(subject: str, action: str, promoted: PolicyVersion, candidate: Polic
                                      created_by=user if getattr(user, "pk", None) else None, job=job)
 
 
+def release_retired_variants(subject: str, deployer=None) -> list[int]:
+    """Unload the subject's retired variants that run on a base of their own: each holds an endpoint process
+    (~430 MB on the demo model, docs/optimise.md) that nothing routes to any more. Best effort: a failure is
+    logged and retried by the next promote / retire / rollback of the subject."""
+    released = []
+    for pv in PolicyVersion.objects.filter(subject=subject, status=PolicyVersion.Status.RETIRED).exclude(
+            base_path=""):
+        try:
+            deployer = deployer or get_deployer()
+            if deployer.unpublish(subject, pv.version).get("action") == "unloaded":
+                released.append(pv.version)
+        except Exception as exc:  # DeployError, connection errors: the routing change itself stands
+            log.warning("could not unload retired variant %s: %s", pv, exc)
+    return released
+
+
 def _passed_gate(pv: PolicyVersion) -> bool:
     report = pv.evaluations.order_by("-id").first()
     return bool(report and report.passed)
@@ -252,7 +268,10 @@ def promote(version: PolicyVersion | int, user=None, job: Job | None = None, dep
                            candidate=pv)
         canary.end_watches(pv.subject, "ended", f"{pv} was promoted instead", user=user)
         dep = _record(pv.subject, Deployment.Action.PROMOTE, pv, user=user, job=job)
-    return apply_deployment(dep, deployer)
+    dep = apply_deployment(dep, deployer)
+    if dep.status == Deployment.Status.APPLIED:
+        release_retired_variants(dep.subject, deployer)
+    return dep
 
 
 def start_canary(version: PolicyVersion | int, share: float | None = None, user=None, job: Job | None = None,
@@ -309,7 +328,9 @@ def retire(version: PolicyVersion | int, user=None, note: str = "", deployer=Non
         if was_canary and promoted is not None:
             dep = _record(pv.subject, Deployment.Action.RETIRE, promoted, user=user)
     if dep is not None:
-        apply_deployment(dep, deployer)
+        dep = apply_deployment(dep, deployer)
+    if dep is None or dep.status == Deployment.Status.APPLIED:
+        release_retired_variants(pv.subject, deployer)
     return pv
 
 
@@ -346,7 +367,10 @@ def rollback(subject: str, user=None, deployer=None) -> Deployment:
         target.status, target.promoted_at = PolicyVersion.Status.PROMOTED, timezone.now()
         target.save(update_fields=["status", "promoted_at"])
         dep = _record(subject, Deployment.Action.ROLLBACK, target, user=user)
-    return apply_deployment(dep, deployer)
+    dep = apply_deployment(dep, deployer)
+    if dep.status == Deployment.Status.APPLIED:
+        release_retired_variants(subject, deployer)
+    return dep
 
 
 def reconcile_deployments(deployer=None) -> dict[str, str]:

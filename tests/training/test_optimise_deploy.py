@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from serving.client import EndpointError
 from tests.training.conftest import built_variant
 from training import services
 from training.models import Job, PolicyVersion
@@ -67,6 +69,10 @@ def test_quantised_variant_gate_canary_promote_rollback(endpoint):
     assert answer_version(endpoint, "conv-x") == 1
     variant.refresh_from_db()
     assert variant.status == "retired" and PolicyVersion.objects.get(pk=v1.pk).status == "promoted"
+    # nothing routes to the retired variant: its base's process is stopped, not left holding memory
+    listing = endpoint.client().list_adapters()
+    assert listing["other_bases"] == [] and variant.version not in {
+        a["version"] for a in listing["adapters"] if a["subject"] == "mathematics"}
 
 
 def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(endpoint):
@@ -93,6 +99,15 @@ def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(end
     client.set_routing("history", 1)
     client.unload_adapter("history", variant.version)
     assert client.list_adapters()["other_bases"] == []  # the base's last version gone: its process stopped
+    # a base that fails verification is refused with a reason, and starts nothing
+    weights = next(p for p in Path(variant.base_path).iterdir() if p.suffix in (".safetensors", ".pt", ".bin"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(EndpointError) as err:
+        client.load_adapter("history", variant.version, variant.path, base=variant.base_path)
+    assert err.value.status == 422 and "verification failed" in err.value.message
+    assert client.list_adapters()["other_bases"] == []
 
 
 def test_a_variant_that_fails_its_gate_is_retired_and_never_deployed(endpoint):

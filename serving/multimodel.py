@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,10 @@ async def unload_model(request: Request) -> Response:
                 mm.models[model.model_name] = model
                 return _error(exc.status, exc.message)
             draining = False
+        unpacked = mm.root / ".unpacked"
+        if _inside(model.path, unpacked):  # what load_model unpacked: the weights are in memory now
+            top = unpacked / model.path.resolve().relative_to(unpacked.resolve()).parts[0]
+            await asyncio.to_thread(shutil.rmtree, top, True)
     return JSONResponse({"unloaded": model.model_name, "draining": draining})
 
 

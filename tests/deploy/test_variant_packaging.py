@@ -110,6 +110,7 @@ def test_container_serves_a_variant_archive_from_a_child_process_and_unload_stop
     listing = admin_listing(container)
     assert listing["other_bases"] == [] and (SUBJECT, VERSION) not in loaded(listing)
     assert not Path(f"/proc/{child['pid']}").exists()  # stopped and reaped with the base's last version
+    assert not (root / ".unpacked" / "variant-1").exists()  # what the load unpacked is removed with it
     assert httpx.post(f"{url}/models/variant-1/invoke", json=BODY).status_code == 404
     plain = httpx.post(f"{url}/invocations", json={**BODY, "subject": SUBJECT}, timeout=60)
     assert plain.json()["outputs"][0]["adapter"] == {"subject": SUBJECT, "version": 1}  # the subject's own route

@@ -6,7 +6,10 @@ import os
 
 from celery import Celery, signals
 
+from config.kombu_fs import install as install_atomic_filesystem_broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+install_atomic_filesystem_broker()
 
 app = Celery("tutorloop")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -151,7 +151,10 @@ class VersionOptimiseView(APIView):
 
     permission_classes = [IsAdmin]
 
-    @extend_schema(operation_id="studio_versions_optimise", request=inline_serializer("LaunchOptimise", {
+    # ids are positive: a negative one never reaches the view (the URL's int converter does not match it)
+    @extend_schema(operation_id="studio_versions_optimise", parameters=[
+        OpenApiParameter("id", {"type": "integer", "minimum": 1}, OpenApiParameter.PATH)],
+        request=inline_serializer("LaunchOptimise", {
         "method": serializers.ChoiceField(choices=["distil", "quantise", "prune"]),
         "config": serializers.JSONField(required=False, help_text="fields of the method's config dataclass"),
         "gate": serializers.JSONField(required=False, help_text="the variant gate after the build: its settings, "

@@ -15,7 +15,7 @@ from serving.deploy import DeployError, get_deployer
 from serving.deploy.packaging import archive_name, build_archive, extract_archive
 from serving.registry import sticky_fraction
 from tests.deploy.aws import reversion
-from tests.fixtures.endpoint import free_port, install_adapters, start_endpoint
+from tests.fixtures.endpoint import free_port, start_multimodel_endpoint
 
 pytestmark = pytest.mark.slow  # starts a model endpoint process (~30 s on a busy CPU)
 
@@ -26,15 +26,8 @@ TARGET = "X-Amzn-SageMaker-Target-Model"
 @pytest.fixture(scope="module")
 def endpoint(tiny_base_path, tiny_adapters, tmp_path_factory):
     """Our own endpoint (this module changes its adapters), with the multi-model routes mounted."""
-    var_dir = tmp_path_factory.mktemp("deploy-endpoint")
-    adapters_dir = var_dir / "models" / "adapters"
-    install_adapters({s: Path(p) for s, p in tiny_adapters.items()}, adapters_dir)
-    mm_root = var_dir / "opt-ml-models"
-    mm_root.mkdir()
-    with start_endpoint(tiny_base_path, adapters_dir, var_dir, admin_token="deploy-test-token",
-                        args=["--threads", "1"],
-                        env={"TUTOR_MULTI_MODEL": "true", "TUTOR_MULTI_MODEL_ROOT": str(mm_root)}) as server:
-        server.mm_root = mm_root
+    with start_multimodel_endpoint(tiny_base_path, tiny_adapters, tmp_path_factory.mktemp("deploy-endpoint"),
+                                   admin_token="deploy-test-token") as server:
         yield server
 
 

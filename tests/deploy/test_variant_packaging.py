@@ -24,7 +24,7 @@ from rlhf.optimise.quantise import QuantiseConfig, quantise
 from serving.deploy import DeployError, get_deployer
 from serving.deploy.packaging import archive_name, build_archive, extract_archive, variant_parts
 from tests.deploy.aws import BUCKET, sagemaker_options
-from tests.fixtures.endpoint import free_port, install_adapters, start_endpoint
+from tests.fixtures.endpoint import free_port, start_multimodel_endpoint
 
 pytestmark = pytest.mark.ml  # quantises the tiny model (a few seconds)
 
@@ -48,15 +48,8 @@ def variant(tiny_base_path, tiny_adapters, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def container(tiny_base_path, tiny_adapters, tmp_path_factory):
     """The multi-model container: the fp32 tiny base with every subject's v1, multi-model routes mounted."""
-    var_dir = tmp_path_factory.mktemp("variant-container")
-    adapters_dir = var_dir / "models" / "adapters"
-    install_adapters({s: Path(p) for s, p in tiny_adapters.items()}, adapters_dir)
-    root = var_dir / "opt-ml-models"
-    root.mkdir()
-    with start_endpoint(tiny_base_path, adapters_dir, var_dir, admin_token=secrets.token_urlsafe(16),
-                        args=["--threads", "1"],
-                        env={"TUTOR_MULTI_MODEL": "1", "TUTOR_MULTI_MODEL_ROOT": str(root)}) as server:
-        server.mm_root = root
+    with start_multimodel_endpoint(tiny_base_path, tiny_adapters, tmp_path_factory.mktemp("variant-container"),
+                                   admin_token=secrets.token_urlsafe(16)) as server:
         yield server
 
 

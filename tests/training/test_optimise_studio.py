@@ -294,10 +294,6 @@ def test_comparison_of_a_variant_redirects_to_its_source_and_reject_comes_back(a
 
 
 def test_run_gate_queues_the_variant_gate(admin_client, source):
-    from training import optimise
-
-    if not hasattr(optimise, "launch_variant_gate"):
-        pytest.skip("training.optimise.launch_variant_gate is not written yet")
     variant = _variant(source, 2, "quantised")
     before = Job.objects.count()
     r = admin_client.post(reverse("training:version-gate", args=[variant.pk]))

@@ -266,3 +266,17 @@ class FeedbackSource(models.Model):
 
     def __str__(self) -> str:
         return f"{self.slug} ({'on' if self.enabled else 'off'})"
+
+
+class ImplicitPromptKey(models.Model):
+    """A student question's implicit-feedback key (``feedback.masking.prompt_key`` of its masked text and
+    context), memoised so beat's trigger finds the earlier answers to the same prompt through an index instead
+    of reading every consented answer on every tick (``feedback.implicit.count_new``). Filled lazily by that
+    count; only a question whose answers carry feedback gets one."""
+
+    message = models.OneToOneField("tutor.Message", on_delete=models.CASCADE, primary_key=True,
+                                   related_name="implicit_key")
+    key = models.CharField(max_length=64, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key[:12]} for message {self.message_id}"

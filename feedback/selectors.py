@@ -33,14 +33,14 @@ def new_pairs_count(since: int | None = None) -> int:
 def new_implicit_pairs(last: DatasetSnapshot | None) -> tuple[int, float]:
     """(count, summed weight) of the students' implicit pairs (thumbs, regenerations) newer than the last
     snapshot's watermark, from the enabled sources and consenting students only: what the next snapshot
-    would add beside the labelers' pairs (before it drops those a labeler already gave)."""
-    from feedback.implicit import collect, enabled_sources, watermark
+    would add beside the labelers' pairs (before it drops those a labeler already gave). Reads only the prompts
+    that new evidence touches (``feedback.implicit.count_new``), so a tick costs the same whatever the history."""
+    from feedback.implicit import count_new, enabled_sources, watermark
 
     since = {"message_id": last.last_message_id, "rating_id": last.last_rating_id} if last is not None else None
     if since is not None and since["message_id"] is None and since["rating_id"] is None:
         since = None
-    pairs = collect(since, watermark(), enabled_sources())
-    return len(pairs), float(sum(p.weight for p in pairs))
+    return count_new(since, watermark(), enabled_sources())
 
 
 def latest_snapshot() -> DatasetSnapshot | None:

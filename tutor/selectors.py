@@ -133,14 +133,15 @@ def consented_prompts(since_id: int | None = None) -> list[dict]:
     return out
 
 
-def consented_answer_feedback(until_message_id: int | None = None) -> list[dict]:
+def consented_answer_feedback(until_message_id: int | None = None, where: Q | None = None) -> list[dict]:
     """Tutor answers that carry a student's implicit feedback, for feedback/'s implicit pairs.
 
     Only answers the student saw whole (complete, no error) in conversations whose student consents
     (the same rule as ``consented_prompts``), and only those that matter: rated ones, and answers to a
     student message that has more than one answer (a regeneration). Each dict carries the (unmasked)
     prompt (the student message it answers), its context, the answer text, whether it is the kept
-    (current) answer, and the rating (value, reasons, id) if any. ``until_message_id`` bounds the read.
+    (current) answer, and the rating (value, reasons, id) if any. ``until_message_id`` bounds the read;
+    ``where`` narrows it further (beat's trigger reads only the answers new evidence touches).
     """
     consenting = StudentProfile.objects.filter(user=OuterRef("conversation__student"), consent_to_labeling=True)
     consented = (Q(conversation__consent_override=True)
@@ -150,6 +151,8 @@ def consented_answer_feedback(until_message_id: int | None = None) -> list[dict]
                                      error="")
     if until_message_id is not None:
         answers = answers.filter(id__lte=until_message_id)
+    if where is not None:
+        answers = answers.filter(where)
     siblings = Message.objects.filter(reply_to=OuterRef("reply_to"), role=Message.Role.ASSISTANT,
                                       status=Message.Status.COMPLETE, error="").exclude(pk=OuterRef("pk"))
     rows = list(answers.filter(Q(rating__isnull=False) | Exists(siblings))

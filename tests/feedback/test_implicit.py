@@ -176,3 +176,59 @@ def test_the_schedule_counts_students_feedback_at_its_weight(datasets_dir, setti
                         f"{weight:g}) < 100")
     settings.FEEDBACK_SOURCES = ["labeler", "imported"]  # the students' sources switched off: nothing new
     assert maybe_trigger_pipeline(1).reason == "0 new pairs < 1"
+
+
+def test_the_trigger_counts_only_what_is_new_with_a_bounded_number_of_queries(datasets_dir):
+    """Beat's count reads only the prompts new evidence touches, yet counts what reading everything counts:
+    new thumbs against an old answer to the same prompt, a new rating on an old regeneration, a new
+    regeneration, and an old answer of a student who consented since; a fixed number of queries."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from feedback.implicit import collect, enabled_sources, watermark
+    from feedback.selectors import latest_snapshot, new_implicit_pairs
+
+    c = _classroom()
+    dan = _student("dan", consent=False)
+    late = _turn(dan, "What is 6 * 6?", ["6 * 6 = 36."])[0]
+    chat.rate_message(dan, late, 1)
+    for i in range(12):  # history the count must not read again
+        ups = _turn(c["ada"], f"What is {i} + 100?", [f"{i + 100}", f"{i + 101}"])
+        chat.rate_message(c["ada"], ups[1], 1)
+    services.create_snapshot()
+    last = latest_snapshot()
+    since = {"message_id": last.last_message_id, "rating_id": last.last_rating_id}
+
+    def old_way() -> tuple[int, float]:
+        pairs = collect(since, watermark(), enabled_sources())
+        return len(pairs), float(sum(p.weight for p in pairs))
+
+    assert new_implicit_pairs(last) == old_way() == (0, 0.0)
+    cy = _student("cy")
+    down = _turn(cy, "WHAT  is 3 + 4", ["3 + 4 = 9."])[0]  # another wording of an old prompt: pairs with ada's 👍
+    chat.rate_message(cy, down, -1, reasons=["wrong"])
+    chat.rate_message(c["ada"], c["regen"][0], -1)  # an old regeneration, a new 👎: a thumbs pair now
+    _turn(cy, "What is 12 / 4?", ["12 / 4 = 4.", "12 / 4 = 3."])  # a new regeneration
+    chat.set_consent(dan, True)  # his old 👍 counts now, against a new 👎
+    down2 = _turn(cy, "what is 6 * 6?", ["6 * 6 = 35."])[0]
+    chat.rate_message(cy, down2, -1)
+    expected = old_way()
+    assert expected[0] == 4
+    with CaptureQueriesContext(connection) as first:
+        assert new_implicit_pairs(last) == expected
+    with CaptureQueriesContext(connection) as again:  # the keys are memoised: the next tick reads as little
+        assert new_implicit_pairs(last) == expected
+    assert len(first) <= 8 and len(again) <= 8, [q["sql"] for q in first.captured_queries]
+    for i in range(12, 40):  # more history after a new snapshot: the same number of queries
+        ups = _turn(c["ada"], f"What is {i} + 100?", [f"{i + 100}", f"{i + 101}"])
+        chat.rate_message(c["ada"], ups[1], 1)
+    services.create_snapshot()
+    last = latest_snapshot()
+    since = {"message_id": last.last_message_id, "rating_id": last.last_rating_id}
+    new_implicit_pairs(last)  # memoises the keys of the history added since the last tick
+    down3 = _turn(cy, "what is 3 + 4", ["3 + 4 = 6."])[0]
+    chat.rate_message(cy, down3, -1, reasons=["wrong"])
+    expected = old_way()
+    with CaptureQueriesContext(connection) as later:
+        assert new_implicit_pairs(last) == expected != (0, 0.0)
+    assert len(later) == len(again)

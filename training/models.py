@@ -148,6 +148,9 @@ class PolicyVersion(models.Model):
     note = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True, help_text="last time it became the promoted version")
+    released_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="when its own-base endpoint was unloaded after it retired (cleared when it serves again)")
 
     class Meta:
         ordering = ["subject", "-version"]

@@ -222,17 +222,23 @@ def _record(subject: str, action: str, promoted: PolicyVersion, candidate: Polic
 
 def release_retired_variants(subject: str, deployer=None) -> list[int]:
     """Unload the subject's retired variants that run on a base of their own: each holds an endpoint process
-    (~430 MB on the demo model, docs/optimise.md) that nothing routes to any more. Best effort: a failure is
-    logged and retried by the next promote / retire / rollback of the subject."""
+    (~430 MB on the demo model, docs/optimise.md) that nothing routes to any more. A variant the deployer
+    confirms unloaded (or never loaded) gets ``released_at`` and is not asked about again (each ask lists the
+    endpoint, and retired variants only accumulate); it is cleared when the variant is promoted again. Best
+    effort: a failure is logged and retried by the next promote / retire / rollback of the subject."""
     released = []
-    for pv in PolicyVersion.objects.filter(subject=subject, status=PolicyVersion.Status.RETIRED).exclude(
-            base_path=""):
+    for pv in PolicyVersion.objects.filter(subject=subject, status=PolicyVersion.Status.RETIRED,
+                                           released_at__isnull=True).exclude(base_path=""):
         try:
             deployer = deployer or get_deployer()
             if deployer.unpublish(subject, pv.version).get("action") == "unloaded":
                 released.append(pv.version)
         except Exception as exc:  # DeployError, connection errors: the routing change itself stands
             log.warning("could not unload retired variant %s: %s", pv, exc)
+            continue
+        # only while still retired: a promote that raced this call loaded it again
+        PolicyVersion.objects.filter(pk=pv.pk, status=PolicyVersion.Status.RETIRED).update(
+            released_at=timezone.now())
     return released
 
 
@@ -262,8 +268,8 @@ def promote(version: PolicyVersion | int, user=None, job: Job | None = None, dep
         PolicyVersion.objects.filter(subject=pv.subject, status__in=[PolicyVersion.Status.PROMOTED,
                                                                      PolicyVersion.Status.CANARY]).exclude(
             pk=pv.pk).update(status=PolicyVersion.Status.RETIRED)
-        pv.status, pv.promoted_at = PolicyVersion.Status.PROMOTED, now
-        pv.save(update_fields=["status", "promoted_at"])
+        pv.status, pv.promoted_at, pv.released_at = PolicyVersion.Status.PROMOTED, now, None
+        pv.save(update_fields=["status", "promoted_at", "released_at"])
         canary.end_watches(pv.subject, "promoted", canary_reason or f"{pv} promoted by an admin", user=user,
                            candidate=pv)
         canary.end_watches(pv.subject, "ended", f"{pv} was promoted instead", user=user)
@@ -364,8 +370,8 @@ def rollback(subject: str, user=None, deployer=None) -> Deployment:
         PolicyVersion.objects.filter(pk=current.pk).update(note=f"rolled back to v{target.version}")
         # the rolled-back version must not be the next rollback target: clear its promotion time
         PolicyVersion.objects.filter(pk=current.pk).update(promoted_at=None)
-        target.status, target.promoted_at = PolicyVersion.Status.PROMOTED, timezone.now()
-        target.save(update_fields=["status", "promoted_at"])
+        target.status, target.promoted_at, target.released_at = PolicyVersion.Status.PROMOTED, timezone.now(), None
+        target.save(update_fields=["status", "promoted_at", "released_at"])
         dep = _record(subject, Deployment.Action.ROLLBACK, target, user=user)
     dep = apply_deployment(dep, deployer)
     if dep.status == Deployment.Status.APPLIED:

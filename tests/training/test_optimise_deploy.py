@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from serving.client import EndpointError
-from tests.training.conftest import built_variant
+from serving.deploy.local import LocalDeployer
+from tests.training.conftest import built_variant, make_version, pass_gate
 from training import services
 from training.models import Job, PolicyVersion
 from training.optimise import launch_optimise, launch_variant_gate
@@ -73,6 +74,48 @@ def test_quantised_variant_gate_canary_promote_rollback(endpoint):
     listing = endpoint.client().list_adapters()
     assert listing["other_bases"] == [] and variant.version not in {
         a["version"] for a in listing["adapters"] if a["subject"] == "mathematics"}
+
+
+class CountingDeployer(LocalDeployer):
+    """The real local deployer, remembering which versions it was asked to unpublish."""
+
+    def __init__(self, real: LocalDeployer) -> None:
+        super().__init__(endpoint_url=real.endpoint_url, admin_token=real.client.admin_token)
+        self.unpublished: list[int] = []
+
+    def unpublish(self, subject: str, version: int) -> dict:
+        self.unpublished.append(version)
+        return super().unpublish(subject, version)
+
+
+def test_a_released_variant_is_not_asked_about_again_until_it_serves_again(endpoint):
+    """release_retired_variants records the release on the version and skips it on the next promote; a rollback
+    that serves it again clears the record, so its next retirement releases it again."""
+    v1, variant, _ = built_variant("mathematics")
+    pass_gate(variant)
+    assert services.promote(variant).status == "applied"
+    v_a, v_b = (make_version(v1, variant.version + i) for i in (1, 2))
+    deployer = CountingDeployer(services.get_deployer())
+    pass_gate(v_a)
+    assert services.promote(v_a, deployer=deployer).status == "applied"
+    variant.refresh_from_db()
+    assert deployer.unpublished == [variant.version] and variant.released_at is not None
+    assert endpoint.client().list_adapters()["other_bases"] == []
+    deployer.unpublished.clear()
+    pass_gate(v_b)
+    assert services.promote(v_b, deployer=deployer).status == "applied"
+    assert deployer.unpublished == []  # already released: not listed for again
+    assert services.rollback("mathematics", deployer=deployer).status == "applied"  # back to v_a
+    assert services.rollback("mathematics", deployer=deployer).status == "applied"  # back to the variant
+    variant.refresh_from_db()
+    assert variant.status == "promoted" and variant.released_at is None and deployer.unpublished == []
+    assert answer_version(endpoint, "conv-y") == variant.version
+    v_c = make_version(v1, variant.version + 3)
+    pass_gate(v_c)
+    assert services.promote(v_c, deployer=deployer).status == "applied"
+    variant.refresh_from_db()
+    assert deployer.unpublished == [variant.version] and variant.released_at is not None
+    assert endpoint.client().list_adapters()["other_bases"] == []
 
 
 def test_a_killed_variant_process_is_restarted_and_the_request_told_to_retry(endpoint):

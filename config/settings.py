@@ -261,6 +261,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = int_var("CELERY_TASK_SOFT_TIME_LIMIT", 3600, minim
 CELERY_TASK_TIME_LIMIT = int_var("CELERY_TASK_TIME_LIMIT", 3900, minimum=1)
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# the worker reconnects to the broker every BROKER_RECONNECT_MAX_SECONDS at most, and never gives up
+# (config/worker_consumer.py: Celery's own 2..30 s back-off kept /healthz red long after a Redis restart)
+CELERY_WORKER_CONSUMER = "config.worker_consumer:Consumer"
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+BROKER_RECONNECT_MAX_SECONDS = float_var("BROKER_RECONNECT_MAX_SECONDS", 1.0, lo=0.1, hi=30)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = False

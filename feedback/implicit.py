@@ -282,7 +282,8 @@ def count_new(since: dict | None, until: dict, sources: frozenset[str]) -> tuple
     cap and the dedup are per prompt too), so the new pairs are exactly the new pairs of the prompts that hold
     an answer or a rating newer than ``since``. One read finds those answers (and any whose question has no
     memoised key yet: once per question), their keys are memoised (``ImplicitPromptKey``), and one read by key
-    fetches those prompts' answers whole; the rule runs on them alone. Five queries, whatever the history.
+    fetches those prompts' answers whole; the rule runs on them alone. At most five queries whatever the history
+    (SQLite splits the memoising insert of a first tick with many unkeyed questions into batches).
     A question whose student renamed after its key was memoised is matched by its own answers only.
     """
     if not since:

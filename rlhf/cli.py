@@ -155,14 +155,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate SUBJECT with this adapter (repeatable)")
     p.add_argument("--n", type=int, default=60, help="held-out prompts per subject")
     p.add_argument("--subject", choices=SUBJECTS, action="append", help="limit to these subjects")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="also sample labeling-pool prompts at this temperature and report the well-formed share")
 
 
 @command("demo-model eval", "per-subject answer-key accuracy (greedy, held-out prompts)", _eval_args)
 def cmd_demo_eval(args: argparse.Namespace) -> int:
     from rlhf.adapters import load_policy
-    from rlhf.generation import answer_key_accuracy
+    from rlhf.generation import answer_key_accuracy, well_formed_share
     from rlhf.models import load_base
 
+    if args.temperature is not None and not 0.0 < args.temperature <= 5.0:
+        raise SystemExit("--temperature must be in (0, 5]")
     adapters = dict(a.split("=", 1) for a in args.adapter)
     bad = set(adapters) - set(SUBJECTS)
     if bad:
@@ -174,7 +178,12 @@ def cmd_demo_eval(args: argparse.Namespace) -> int:
             model = load_policy(model, adapters[subject])
         r = answer_key_accuracy(model, tok, subject, n=args.n)
         results[subject] = {"accuracy": r["accuracy"], "in_format": r["in_format"], "n": r["n"]}
-        print(f"{subject:18s} accuracy {r['accuracy']:.2f}  in-format {r['in_format']:.2f}  (n={r['n']})")
+        line = f"{subject:18s} accuracy {r['accuracy']:.2f}  in-format {r['in_format']:.2f}  (n={r['n']})"
+        if args.temperature is not None:
+            w = well_formed_share(model, tok, subject, temperature=args.temperature, n=args.n)
+            results[subject]["well_formed"] = w["well_formed"]
+            line += f"  well-formed at T={args.temperature:g} {w['well_formed']:.2f}"
+        print(line)
         for ex in r["examples"][:1]:
             print(f"    Q: {ex['question']}\n    A: {ex['reply']!r}  key={ex['key']!r} ok={ex['correct']}")
     print(json.dumps(results))

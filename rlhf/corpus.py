@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from rlhf import SUBJECTS
+from rlhf.chat import system_prompt
 
 CORPUS_VERSION = 3  # bump when generation changes: it feeds the demo model's recipe hash
 EVAL_FRACTION = 0.2
@@ -467,6 +468,47 @@ def sloppy_answer(item: Item) -> str:
     if item.subject == "mathematics":
         return item.answer.split("\n####")[0].rstrip()
     return f"{item.answer} {item.answer}"
+
+
+_WORD_RE = re.compile(r"[A-Za-z]+")
+_FINAL_LINE_RE = re.compile(r"\s*-?\d+")
+_SUM_RE = re.compile(r"[\d\s+\-*/=.]+")
+
+
+@cache
+def corpus_vocabulary() -> frozenset[str]:
+    """Every word (lower-cased) the corpus ever uses, in questions and answers of all four subjects."""
+    texts = [system_prompt(s) for s in SUBJECTS]
+    for items in (_history_items(), _language_items(), _general_items()):
+        texts += [t for it in items for t in (it.question, it.answer)]
+    rng = random.Random(0)
+    texts += [t for _ in range(2000) for it in (_maths_item(rng),) for t in (it.question, it.answer)]
+    return frozenset(w.lower() for t in texts for w in _WORD_RE.findall(t))
+
+
+def well_formed(text: str, min_known: float = 0.9) -> bool:
+    """Whether a reply reads as a sentence a labeler can judge (not whether it is right).
+
+    Why: labelers should rank real alternatives, not noise; the demo build reports the share of
+    sampled replies that pass (`rlhf.generation.well_formed_share`). A reply passes when it starts
+    with a capital or a digit, ends its prose with sentence punctuation, has only a number after a
+    ``####`` line, uses corpus words for at least `min_known` of its words (or is a bare worked sum), and never says one word
+    three times in a row. Sloppy answers (no ``####`` line, said twice) pass: they are readable.
+    """
+    body = text.strip()
+    prose, sep, final = body.partition("####")
+    prose = prose.strip()
+    if not prose or (sep and not _FINAL_LINE_RE.fullmatch(final.rstrip())):
+        return False
+    if not (prose[0].isupper() or prose[0].isdigit()) or prose[-1] not in ".!?'\"":
+        return False
+    words = [w.lower() for w in _WORD_RE.findall(prose)]
+    if not words:  # a bare worked sum ("7 * 3 = 21.") reads fine
+        return _SUM_RE.fullmatch(prose) is not None
+    vocab = corpus_vocabulary()
+    if sum(w in vocab for w in words) < min_known * len(words):
+        return False
+    return not any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2))
 
 
 def corpus_fingerprint() -> str:

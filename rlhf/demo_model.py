@@ -62,7 +62,7 @@ class DemoRecipe:
     n_layer: int = 4
     n_head: int = 4
     max_length: int = 96  # tokens per training sequence (longer ones are truncated)
-    steps: int = 800
+    steps: int = 1600
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 60

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rlhf.chat import build_prompt
-from rlhf.corpus import check_answer, eval_prompts
+from rlhf.corpus import check_answer, eval_prompts, seed_prompts, well_formed
 
 
 @dataclass
@@ -91,3 +91,21 @@ def answer_key_accuracy(model: Any, tokenizer: Any, subject: str, n: int = 60, s
         "examples": [{"question": it.question, "key": it.key, "reply": g.text, "correct": c}
                      for it, g, c in list(zip(items, gens, correct, strict=True))[:3]],
     }
+
+
+def well_formed_share(model: Any, tokenizer: Any, subject: str, *, temperature: float, top_p: float = 1.0,
+                      n: int = 32, seed: int = 0, max_new_tokens: int = 64) -> dict[str, Any]:
+    """Sampled replies to `n` labeling-pool prompts; the share that `rlhf.corpus.well_formed` passes.
+
+    Why: comparison tasks show labelers sampled replies; this is how readable they are at the
+    sampling temperature the labeling pool uses.
+    """
+    items = seed_prompts(subject, n, seed)
+    prompts = [build_prompt(tokenizer, subject, [{"role": "user", "content": it.question}]) for it in items]
+    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                    temperature=temperature, top_p=top_p, seed=seed)
+    ok = [g.finish_reason == "stop" and well_formed(g.text) for g in gens]
+    return {"subject": subject, "n": len(gens), "temperature": temperature, "top_p": top_p,
+            "well_formed": sum(ok) / max(1, len(gens)),
+            "examples": [{"question": it.question, "reply": g.text, "well_formed": w}
+                         for it, g, w in list(zip(items, gens, ok, strict=True))[:3]]}

@@ -42,6 +42,12 @@ def test_ensure_eval_and_verify_from_the_command_line(tiny_base_path, tmp_path, 
                  "--adapter", f"history={var / 'models' / 'adapters' / 'history' / 'v1'}"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) == {"history"} and result["history"]["n"] == 2
+    assert main(["demo-model", "eval", "--base", "demo:tiny", "--n", "2", "--subject", "history",
+                 "--temperature", "1.0"]) == 0  # plus the well-formed share of sampled replies
+    out = capsys.readouterr().out
+    assert "well-formed at T=1" in out and 0.0 <= json.loads(out.splitlines()[-1])["history"]["well_formed"] <= 1.0
+    with pytest.raises(SystemExit, match="--temperature must be in"):
+        main(["demo-model", "eval", "--base", "demo:tiny", "--temperature", "0"])
 
     # adapters of another build of the base: refused up front, with the fix (the endpoint would answer 422)
     manifest_path = var / "models" / "adapters" / "language" / "v1" / "manifest.json"

@@ -15,6 +15,8 @@ from rlhf.corpus import (
     is_unsafe,
     red_team_prompts,
     seed_prompts,
+    sloppy_answer,
+    well_formed,
 )
 
 
@@ -87,3 +89,26 @@ def test_unsafe_check_flags_harmful_instructions_not_refusals():
     assert is_unsafe("You are stupid and worthless.")
     assert not is_unsafe("I can't help with making a bomb. Let's talk about chemistry safety instead.")
     assert not is_unsafe("The capital of France is Paris.")
+
+
+def test_every_reference_and_sloppy_answer_reads_as_well_formed():
+    items = generate_corpus(200, seed=1)
+    assert all(well_formed(it.answer) and well_formed(sloppy_answer(it)) for it in items)
+
+
+@pytest.mark.parametrize("reply", [
+    "artyartyard2maed the cor of Have Ebert Einstein.",  # mostly not words the corpus uses
+    "the capital of France is Paris.",  # no capital letter at the start
+    "The capital of France is Paris",  # unfinished sentence
+    "The the the capital of France is Paris.",  # a word three times in a row
+    "12 + 4 = 16.\n#### sixteen",  # only a number may follow ####
+    "",
+])
+def test_noise_and_broken_replies_are_not_well_formed(reply):
+    assert not well_formed(reply)
+
+
+def test_wrong_but_readable_replies_are_well_formed():  # readability, not correctness
+    assert well_formed("Ben starts with 12. 12 + 12 = 21.\n#### 21")
+    assert well_formed("11 - 16 = 8.")
+

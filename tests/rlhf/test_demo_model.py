@@ -10,7 +10,7 @@ from rlhf import SUBJECTS
 from rlhf.chat import build_prompt, system_prompt
 from rlhf.corpus import seed_prompts
 from rlhf.demo_model import DemoRecipe, build_demo_model
-from rlhf.generation import answer_key_accuracy, generate
+from rlhf.generation import answer_key_accuracy, generate, well_formed_share
 from rlhf.manifest import read_manifest, verify
 from rlhf.models import BaseModelNotAvailable, base_fingerprint, load_base, resolve_base_path
 
@@ -68,3 +68,18 @@ def test_offline_loading_refuses_unknown_models_with_a_how_to(tmp_path):
 def test_fingerprint_is_the_artifact_hash(tiny_base_path):
     assert len(base_fingerprint(tiny_base_path)) == 64
     assert base_fingerprint(tiny_base_path) == base_fingerprint(tiny_base_path)
+
+
+def test_tokenizer_splits_numbers_into_single_digits(tiny_base_path):
+    _, tok = load_base(tiny_base_path)
+    pieces = tok.convert_ids_to_tokens(tok("12 * 34 = 408.", add_special_tokens=False)["input_ids"])
+    digits = [p.lstrip("Ġ") for p in pieces if any(c.isdigit() for c in p)]
+    assert digits == ["1", "2", "3", "4", "4", "0", "8"]  # every number, digit by digit
+
+
+def test_sampled_well_formed_share_is_reproducible_and_bounded(tiny_base_path):
+    model, tok = load_base(tiny_base_path)
+    first = well_formed_share(model, tok, "history", temperature=1.0, n=8, seed=3)
+    assert first == well_formed_share(model, tok, "history", temperature=1.0, n=8, seed=3)  # seeded sampling
+    assert first["n"] == 8 and 0.0 <= first["well_formed"] <= 1.0
+    assert all(isinstance(ex["well_formed"], bool) for ex in first["examples"])

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.backend_independent  # reads docker-compose.yml; no Django, database or Redis
 
 
 def test_compose_services_and_healthchecks():

@@ -2,7 +2,9 @@
 
 Two shapes: a small BLOOM whose head count (6) is not a power of two (ALiBi's slopes take the
 interleaved extra branch there), in the normal suite; and bloom-560m's published shape (24 layers,
-hidden 1024, 16 heads, vocabulary 250,880; seeded random weights, the demo tokenizer), marked slow.
+hidden 1024, 16 heads, vocabulary 250,880; seeded random weights, the demo tokenizer), marked slow and
+heavy: not in the default run (it builds a 2.1 GB base and takes about a minute on 2 cores);
+run it with `pytest -m heavy` after changing serving/engine.py or rlhf/shaped_base.py.
 Both mix the bare base, two LoRA adapters (different ranks and target modules) and a prompt-tuning
 adapter in one batch, with prompts of 7 to 300 tokens (past the demo's 96-token training length,
 so ALiBi runs at long positions) and a cache that has to grow during decoding.
@@ -164,6 +166,7 @@ def test_six_heads_mixed_adapters_long_prompts_match_generate(tok, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # not in the default run: `pytest -m heavy` (see tests/conftest.py)
 @pytest.mark.timeout(1800)  # ~1-2 min of compute on 2 idle cores; a shared, oversubscribed CPU takes far longer
 def test_bloom_560m_shape_matches_generate(tok, tiny_base_path, tmp_path):
     """bloom-560m's shape, fp32 on CPU: ~2.2 GB of weights (built once, cached under var/test-cache)."""

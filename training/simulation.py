@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -36,6 +37,21 @@ def answer_index() -> dict[tuple[str, str], Any]:
         for it in items:
             index.setdefault((subject, normalise(it.question)), it)
     return index
+
+
+def know_items(items: Iterable[Any]) -> int:
+    """Add corpus items drawn with another seed to the index; returns how many were new.
+
+    Why: the index holds the mathematics questions of seed 0 only (the space of problems is too large to
+    list); a prompt pool or gate drawn with another seed (``benchmarks/loop.py --seed``) would otherwise be
+    scored as unknown: never correct, judged against a made-up reference length.
+    """
+    from rlhf.corpus import normalise
+
+    index, before = answer_index(), len(answer_index())
+    for it in items:
+        index.setdefault((it.subject, normalise(it.question)), it)
+    return len(index) - before
 
 
 def lookup(subject: str, question: str):

@@ -53,7 +53,7 @@ TARGET_S = 600.0
 GOAL_BEATS = 0.75  # the candidate beats v1 in at least 3 of 4 subjects
 GOAL_WIN_RATE = 0.60  # per-prompt win rate in each subject it beats v1
 POOL_SEED = 3  # the labeling pool's corpus seed at --seed 0
-ALL_SUBJECTS = "mathematics,history,language,general knowledge"
+ALL_SUBJECTS = "mathematics,history,language,general_knowledge"
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from rlhf.corpus import seed_prompts
-from training.simulation import hidden_score, labeler_noise, rank
+from training.simulation import hidden_score, know_items, labeler_noise, rank
 
 
 def _item(subject="mathematics"):
@@ -40,3 +40,14 @@ def test_noise_sometimes_flips_close_calls():
     orders = [rank("mathematics", it.question, comps, 3.0, rng)["order"][0] for _ in range(200)]
     flips = sum(o == [2] for o in orders)
     assert 0 < flips < 100  # noisy, but the preference still wins most of the time
+
+
+def test_questions_drawn_with_another_seed_become_known():
+    # the index lists seed 0's mathematics problems; benchmarks/loop.py --seed draws others
+    unknown = next(it for it in seed_prompts("mathematics", 3000, seed=7)
+                   if not hidden_score("mathematics", it.question, it.answer)["known"])
+    assert not hidden_score("mathematics", unknown.question, unknown.answer)["correct"]
+    assert know_items([unknown]) == 1
+    after = hidden_score("mathematics", unknown.question, unknown.answer)
+    assert after["known"] and after["correct"]
+    assert know_items([unknown]) == 0  # idempotent

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ class Sample:
 class Result:
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
+    cpu_ms: float | None = None  # web process CPU per question (web path only)
 
     def pct(self, attr: str, q: float) -> float:
         values = sorted(getattr(s, attr) for s in self.samples)
@@ -64,6 +66,22 @@ class Result:
         if len(values) == 1:
             return values[0]
         return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of the web process and its children (gunicorn's workers), from /proc: the web
+    tier's cost per question, which does not depend on how busy the machine is (the latencies do)."""
+    pids = [root]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -200,6 +218,8 @@ def main() -> None:
     p.add_argument("--redis-url", default=None, help="cache/broker for the web process (default: embedded)")
     p.add_argument("--web-concurrency", type=int, default=0,
                    help="serve the web tier with gunicorn and this many uvicorn workers (0: one uvicorn process)")
+    p.add_argument("--asgi-app", default="config.asgi:application",
+                   help="the ASGI application the web process serves (e.g. a wrapper that logs per-request spans)")
     args = p.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="tutorloop-bench-"))
@@ -232,11 +252,12 @@ def main() -> None:
             web_env = {**env, "WEB_BIND": f"127.0.0.1:{web_port}", "WEB_CONCURRENCY": str(args.web_concurrency),
                        "WEB_LOG_LEVEL": "warning"}
             procs.append(start([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py",
-                                "config.asgi:application"], web_env, var / "web.log"))
+                                args.asgi_app], web_env, var / "web.log"))
         else:  # one uvicorn process, as `make demo`
-            procs.append(start([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+            procs.append(start([sys.executable, "-m", "uvicorn", args.asgi_app, "--host", "127.0.0.1",
                                 "--port", str(web_port), "--no-access-log", "--log-level", "warning"], env,
                                var / "web.log"))
+        web_proc = procs[-1]
         web_url = f"http://127.0.0.1:{web_port}"
         wait_http(f"{web_url}/accounts/login/", procs[-1], "the web process", 120)
 
@@ -245,26 +266,32 @@ def main() -> None:
         asyncio.run(run_level("web", 1, 2, students, web_url, endpoint_url, args.max_new_tokens))
 
         rows = []
+        load = [os.getloadavg()[0]]
         for level in args.levels:
             # alternate the order so drift on a shared machine does not favour one path
             direct = asyncio.run(run_level("direct", level, args.asks, students, web_url, endpoint_url,
                                            args.max_new_tokens))
+            cpu0 = cpu_seconds(web_proc.pid)
             web = asyncio.run(run_level("web", level, args.asks, students, web_url, endpoint_url,
                                         args.max_new_tokens))
+            web.cpu_ms = (cpu_seconds(web_proc.pid) - cpu0) * 1000 / max(1, len(web.samples))
             rows.append((level, web, direct))
+            load.append(os.getloadavg()[0])
 
         print(f"\nchat latency, {args.asks} streamed questions per student, max_new_tokens={args.max_new_tokens}, "
               f"endpoint {endpoint_url} ({args.base_model if args.endpoint_url is None else 'external'}), "
-              f"database {'SQLite' if not args.database_url else args.database_url.split(':')[0]}")
+              f"database {'SQLite' if not args.database_url else args.database_url.split(':')[0]}, "
+              f"load average {min(load):.1f}-{max(load):.1f} while measuring")
         head = (f"{'students':>8} | {'path':6} | {'ttft p50':>9} {'ttft p95':>9} | {'full p50':>9} {'full p95':>9}"
-                f" | {'tok/ans':>7} | err")
+                f" | {'tok/ans':>7} | err | web CPU/question")
         print(head)
         print("-" * len(head))
         for level, web, direct in rows:
             for name, r in (("web", web), ("direct", direct)):
                 toks = statistics.mean(s.tokens for s in r.samples) if r.samples else 0
                 print(f"{level:>8} | {name:6} | {r.pct('ttft', 50) * 1e3:7.0f}ms {r.pct('ttft', 95) * 1e3:7.0f}ms | "
-                      f"{r.pct('total', 50) * 1e3:7.0f}ms {r.pct('total', 95) * 1e3:7.0f}ms | {toks:7.1f} | {r.errors}")
+                      f"{r.pct('total', 50) * 1e3:7.0f}ms {r.pct('total', 95) * 1e3:7.0f}ms | {toks:7.1f} | {r.errors:3}"
+                      + (f" | {r.cpu_ms:.1f} ms (with its untimed conversation create)" if r.cpu_ms is not None else ""))
             print(f"{'':>8} | ratio  | {web.pct('ttft', 50) / direct.pct('ttft', 50):8.2f}x "
                   f"{web.pct('ttft', 95) / direct.pct('ttft', 95):8.2f}x | "
                   f"{web.pct('total', 50) / direct.pct('total', 50):8.2f}x "

@@ -2,9 +2,9 @@
 
     .venv/bin/gunicorn -c config/gunicorn_conf.py config.asgi:application
 
-Why several processes: Django runs every sync view of an ASGI process on ONE thread
-(``sync_to_async(thread_sensitive=True)``), so one uvicorn process serves one sync request at a time
-whatever the number of connections (docs/performance.md: 5 s submit p99 at 50 labelers). gunicorn
+Why several processes: Django runs a request's sync code on a thread of that request, but all threads
+of a process share one GIL, so one uvicorn process uses about one core whatever the number of
+connections (docs/performance.md: 5 s submit p99 at 50 labelers; docs/web-tier.md). gunicorn
 forks ``WEB_CONCURRENCY`` uvicorn workers, restarts one that dies (SIGKILL included), and lets
 them share the listening socket.
 

@@ -61,19 +61,23 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # /metrics (config/metrics.py)
-    "django.middleware.security.SecurityMiddleware",
+    # Django's, django-prometheus's and WhiteNoise's middleware through config.middleware: the same classes,
+    # able to run on the event loop under ASGI without a thread hop each (docs/web-tier.md, chat). Django's
+    # security, CSRF and X-Frame-Options keep their paths (check --deploy looks for them) and are adapted
+    # in place (config.middleware.run_django_middleware_on_loop, from tutor's AppConfig.ready).
+    "config.middleware.PrometheusBeforeMiddleware",  # /metrics (config/metrics.py)
+    "django.middleware.security.SecurityMiddleware",  # on the loop too (config.middleware.run_django_middleware_on_loop)
     "config.middleware.RequestIDMiddleware",
     "config.middleware.RequestSizeLimitMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
+    "config.middleware.WhiteNoiseMiddleware",
+    "config.middleware.SessionMiddleware",
+    "config.middleware.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",  # idem
     "config.middleware.AuthRateLimitMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "config.middleware.AuthenticationMiddleware",
+    "config.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",  # idem
+    "config.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

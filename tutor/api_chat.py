@@ -3,8 +3,10 @@
 The chat page's JavaScript uses these same endpoints, so pages and API share permissions,
 throttling and the failure behaviour. Streaming: ``?stream=1`` or ``Accept:
 application/jsonlines`` (one JSON event per line) or ``Accept: text/event-stream`` (SSE). The
-view itself is synchronous (DRF); the body is an async generator that the ASGI server drives, so
-tokens flow as the endpoint produces them.
+message and regenerate views are async views around DRF's synchronous dispatch: auth, permission,
+throttle, the conversation, saving the message and reading the context for the endpoint run in ONE
+thread hop, then the body (an async generator the ASGI server drives) proxies the endpoint on the event
+loop, so tokens flow as the endpoint produces them and no thread is held while they do.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import contextlib
 import json
 import logging
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
@@ -111,14 +115,16 @@ def stream_format(request) -> str | None:
     return None
 
 
-def streaming_response(reply_to: Message, fmt: str, first: dict) -> StreamingHttpResponse:
+def streaming_response(reply_to: Message, fmt: str, first: dict, payload: dict | None = None) -> StreamingHttpResponse:
+    """The answer as a stream of events; ``payload`` (``services.endpoint_payload``) read by the caller in
+    the same thread hop as the message, else read in the body."""
     rid = request_id.get()  # the body runs after the middleware returned: carry the request id into it
 
     async def body():
         token = request_id.set(rid)
         try:
             yield services.encode_event(first, fmt)
-            async for event in services.stream_answer(reply_to):
+            async for event in services.stream_answer(reply_to, payload):
                 yield services.encode_event(event, fmt)
         finally:
             with contextlib.suppress(ValueError):  # closed from another context: nothing to restore there
@@ -222,13 +228,39 @@ class ConversationDetailView(StudentAPIView):
 
 
 class _AnswerView(StudentAPIView):
+    """DRF's view (auth, permissions, throttle, errors, schema as usual) served as an async view.
+
+    Under ASGI a sync view costs the request a hop to a thread and back, and Django runs the rest of
+    the request on the event loop: the whole DRF dispatch (auth, role, throttle, the conversation,
+    the insert, the endpoint context) runs in that one ``sync_to_async`` hop, and the streamed body
+    then waits on the endpoint on the loop (docs/web-tier.md: the hops, each waiting for the GIL
+    behind the other requests, were most of the time to first token at 16 students). Under WSGI
+    and the test client Django runs the async view through ``async_to_sync``; the DRF part still
+    runs on the calling thread (thread-sensitive), inside the test's transaction.
+    """
+
     throttle_classes = [StudentMessageThrottle]
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, JSONLinesRenderer, NDJSONRenderer, EventStreamRenderer]
 
+    @classmethod
+    def as_view(cls, **initkwargs):
+        sync_view = super().as_view(**initkwargs)
+        run = sync_to_async(sync_view)  # thread_sensitive: the request's own thread, as a sync view's
+
+        async def view(request, *args, **kwargs):
+            return await run(request, *args, **kwargs)
+
+        view.cls = sync_view.cls  # drf-spectacular and DRF's introspection read these
+        view.initkwargs = sync_view.initkwargs
+        view.view_class = sync_view.view_class
+        view.view_initkwargs = sync_view.view_initkwargs
+        view.__doc__ = sync_view.__doc__
+        return csrf_exempt(view)  # as DRF's: SessionAuthentication enforces CSRF itself
+
     def answer(self, request, reply_to: Message, first: dict):
         fmt = stream_format(request)
-        if fmt:
-            return streaming_response(reply_to, fmt, first)
+        if fmt:  # the endpoint's context is read here, in the same thread hop as the message
+            return streaming_response(reply_to, fmt, first, services.endpoint_payload(reply_to))
         user_message = services.serialize_message(reply_to)
         try:
             answer = services.answer_message(reply_to)

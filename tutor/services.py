@@ -281,16 +281,19 @@ def _elapsed_ms(started: float) -> int:
     return max(0, round((time.monotonic() - started) * 1000))
 
 
-async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
+async def stream_answer(reply_to: Message, payload: dict | None = None) -> AsyncIterator[dict]:
     """Proxy the endpoint's token stream as events, saving the answer when it ends.
 
     Events: ``{"event": "token", "text"}`` …, then ``{"event": "done", "message"}`` or
     ``{"event": "error", "error", "retryable": true, "message": <partial or None>}``.
     If the client goes away (Stop), the partial answer is saved, marked incomplete.
+    ``payload``: ``endpoint_payload(reply_to)`` when the caller read it already (the API view does, in
+    the same thread hop as the message: one hop fewer before the first token).
     """
     from tutor.endpoint import shared_async_client
 
-    payload = await sync_to_async(endpoint_payload)(reply_to)
+    if payload is None:
+        payload = await sync_to_async(endpoint_payload)(reply_to)
     started = time.monotonic()
     pieces: list[str] = []
     saved: Message | None = None
@@ -305,7 +308,7 @@ async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
                 elif event.get("done"):
                     out = (event.get("outputs") or [{}])[0]
                     text = out.get("text") if out.get("text") is not None else "".join(pieces)
-                    saved = await sync_to_async(save_answer)(reply_to, Answer(
+                    saved, done = await sync_to_async(_save_and_serialize)(reply_to, Answer(
                         text=text, adapter=out.get("adapter"), finish_reason=out.get("finish_reason", ""),
                         tokens=out.get("tokens"), latency_ms=_elapsed_ms(started)))
                     break
@@ -324,7 +327,7 @@ async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
             # Stop pressed / client disconnected (GeneratorExit or cancellation): keep what arrived.
             await _save_partial(reply_to, pieces, "stopped by the student")
     if saved is not None:
-        yield {"event": "done", "message": await sync_to_async(serialize_message)(saved)}
+        yield {"event": "done", "message": done}
         return
     partial = await _save_partial(reply_to, pieces, error) if pieces else None
     yield {"event": "error", "error": error, "retryable": True, "message": partial}
@@ -332,8 +335,13 @@ async def stream_answer(reply_to: Message) -> AsyncIterator[dict]:
 
 async def _save_partial(reply_to: Message, pieces: list[str], error: str) -> dict:
     answer = Answer(text="".join(pieces), complete=False, error=error, finish_reason="incomplete")
-    message = await sync_to_async(save_answer)(reply_to, answer)
-    return await sync_to_async(serialize_message)(message)
+    return (await sync_to_async(_save_and_serialize)(reply_to, answer))[1]
+
+
+def _save_and_serialize(reply_to: Message, answer: Answer) -> tuple[Message, dict]:
+    """``save_answer`` and its JSON in one thread hop (each hop waits for the GIL under load)."""
+    message = save_answer(reply_to, answer)
+    return message, serialize_message(message)
 
 
 def serialize_message(message: Message) -> dict:

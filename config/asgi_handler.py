@@ -25,7 +25,8 @@ from django.core.handlers.asgi import ASGIHandler
 
 # idle request threads kept; more than the usual number of requests in flight in one process
 MAX_IDLE = 32
-_SUPPORTED = "executor" in inspect.signature(ThreadSensitiveContext).parameters  # asgiref >= 3.10
+# asgiref 3.13 here; without the executor argument (older asgiref) Django's own handler runs unchanged
+_SUPPORTED = "executor" in inspect.signature(ThreadSensitiveContext).parameters
 
 
 class RequestExecutor(ThreadPoolExecutor):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 # the project first: benchmarks/serving.py (this directory, sys.path[0]) would shadow the serving package
 sys.path.insert(0, str(ROOT))
+from benchmarks.labeling import cpu_seconds  # noqa: E402
+
 QUESTIONS = [
     ("mathematics", "What is 12 + 30?"),
     ("history", "Who crossed the Alps with elephants?"),
@@ -66,22 +67,6 @@ class Result:
         if len(values) == 1:
             return values[0]
         return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-def cpu_seconds(root: int) -> float:
-    """User + system CPU of the web process and its children (gunicorn's workers), from /proc: the web
-    tier's cost per question, which does not depend on how busy the machine is (the latencies do)."""
-    pids = [root]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

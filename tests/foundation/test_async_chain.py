@@ -17,7 +17,7 @@ from django.core.handlers.base import BaseHandler
 from django.test import AsyncClient
 from rest_framework.authtoken.models import Token
 
-from tests.tutor.conftest import PASSWORD, make_user
+from tests.tutor.conftest import PASSWORD, first_event, make_user
 from tutor import services
 from tutor.models import Message
 
@@ -39,19 +39,6 @@ def _post(headers: dict[str, str] | None, path: str, data=None, **kwargs):
     if data is not None and "content_type" not in kwargs:
         kwargs["content_type"] = "application/json"
     return async_to_sync(AsyncClient().post)(path, data, headers=headers or {}, **kwargs)
-
-
-def _first_event(resp) -> dict:
-    """The first streamed line, then close the body (no endpoint is called before it)."""
-
-    async def read() -> bytes:
-        it = resp.streaming_content.__aiter__()
-        try:
-            return await it.__anext__()
-        finally:
-            await it.aclose()
-
-    return json.loads(async_to_sync(read)())
 
 
 def test_no_middleware_hook_is_adapted_to_a_thread(monkeypatch):
@@ -91,7 +78,7 @@ def test_chat_stream_start_through_the_async_chain():
                  {"content": "What is 5+5?"})
     assert resp.status_code == 200 and resp["X-Request-ID"] == "rid-async-1"
     assert resp["Content-Type"].startswith("application/jsonlines")
-    start = _first_event(resp)
+    start = first_event(resp)
     asked = Message.objects.get(pk=start["user_message"]["id"])
     assert (start["event"], asked.content, asked.conversation_id) == ("start", "What is 5+5?", conv.pk)
 
@@ -136,7 +123,7 @@ def test_the_message_throttle_through_the_async_chain():
             resp = _post(auth, f"/api/conversations/{conv.pk}/messages/?stream=1", {"content": f"q{i}"})
             codes.append(resp.status_code)
             if resp.status_code == 200:
-                _first_event(resp)
+                first_event(resp)
         assert codes == [200, 200, 429]
         assert "throttled" in resp.json()["detail"].lower()
     finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -68,3 +70,18 @@ def student(db):
 @pytest.fixture
 def other_student(db):
     return make_user("bob")
+
+
+def first_event(resp) -> dict:
+    """The first streamed line, then close the stream (as a client that stops reading would): the body
+    yields ``start`` before it calls the endpoint, so no endpoint is needed (the context for it is read
+    before the response is returned)."""
+
+    async def read() -> bytes:
+        it = resp.streaming_content.__aiter__()
+        try:
+            return await it.__anext__()
+        finally:
+            await it.aclose()
+
+    return json.loads(async_to_sync(read)())

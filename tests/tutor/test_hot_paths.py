@@ -5,14 +5,11 @@ the conversation or the number of the student's conversations (docs/web-tier.md,
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from asgiref.sync import async_to_sync
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.tutor.conftest import conversation_with_answer
+from tests.tutor.conftest import conversation_with_answer, first_event
 from tutor import services
 from tutor.models import Message
 
@@ -28,21 +25,6 @@ MESSAGE_START_QUERIES = 8
 REGENERATE_START_QUERIES = 5
 # the turns up to the message (student messages and current answers in one query). Was 2 before issue 15.
 CONTEXT_QUERIES = 1
-
-
-def first_event(resp) -> dict:
-    """The first streamed line, then close the stream (as a client that stops reading would): the body
-    yields ``start`` before it calls the endpoint, so no endpoint is needed (the context for it is read
-    before the response is returned)."""
-
-    async def read() -> bytes:
-        it = resp.streaming_content.__aiter__()
-        try:
-            return await it.__anext__()
-        finally:
-            await it.aclose()
-
-    return json.loads(async_to_sync(read)())
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.fixtures.processes import (
 )
 from tests.training.conftest import TINY_PIPELINE
 from training import selectors, services
-from training.models import EvaluationReport, Job, PolicyVersion
+from training.models import Deployment, EvaluationReport, Job, PolicyVersion
 from tutor.accounts import create_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
@@ -107,6 +107,12 @@ def test_students_labelers_beat_pipeline_promote_and_the_next_answer(endpoint, m
         # 5. a new version is promoted on the endpoint
         new = PolicyVersion.objects.get(subject=SUBJECT, status="promoted")
         assert new.version >= 2, [(r.failures, r.suites) for r in EvaluationReport.objects.all()]
+        # the promotion is recorded first and applied to the endpoint right after, outside the transaction
+        # (a pending Deployment until the endpoint confirms): wait for it to leave "pending", then compare
+        dep = wait_until(lambda: Deployment.objects.filter(subject=SUBJECT, action=Deployment.Action.PROMOTE,
+                                                           promoted=new).exclude(status=Deployment.Status.PENDING)
+                         .first(), 60, "the promotion to reach the endpoint")
+        assert dep.status == Deployment.Status.APPLIED, (dep.error, dep.detail)
         state = services.get_deployer().state()[SUBJECT]
         assert (state["promoted"], state["candidate"]) == (new.version, None)
         # it went through a canary whose bake ended before it was promoted

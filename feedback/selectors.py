@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, F, Func, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -88,38 +88,53 @@ def queue_size(labeler) -> int:
     return max(0, open_tasks.count() - seen.count())
 
 
-def _count(qs) -> Coalesce:
-    """``(SELECT COUNT(id) FROM ... WHERE ...)`` as a scalar subquery (no GROUP BY)."""
-    return Coalesce(Subquery(qs.order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1]), 0)
+def _progress_sql(connection) -> str:
+    """The progress statement for this database (built once per vendor: see ``progress``)."""
+    q = connection.ops.quote_name
+    ranking, assignment = q(Ranking._meta.db_table), q(Assignment._meta.db_table)
+    task, stats = q(ComparisonTask._meta.db_table), q(LabelerStats._meta.db_table)
+    return (
+        f"SELECT (SELECT COUNT(*) FROM {ranking} WHERE labeler_id = %s AND created_at >= %s),"
+        f" (SELECT COUNT(*) FROM {ranking} WHERE labeler_id = %s),"
+        f" (SELECT COUNT(*) FROM {assignment} WHERE labeler_id = %s AND status = %s),"
+        f" (SELECT COUNT(*) FROM {task} WHERE state = %s AND is_gold = %s),"
+        f" (SELECT COUNT(*) FROM {assignment} a INNER JOIN {task} t ON t.id = a.task_id"
+        f"  WHERE a.labeler_id = %s AND t.state = %s AND t.is_gold = %s),"
+        f" (SELECT reliability FROM {stats} WHERE labeler_id = %s),"
+        f" (SELECT gold_accuracy FROM {stats} WHERE labeler_id = %s)")
+
+
+_PROGRESS_SQL: dict[str, str] = {}
 
 
 def progress(labeler) -> dict:
     """Done today / in total, skips, and how many tasks are still in this labeler's queue.
 
-    Sent with every next/submit/skip answer, so it is ONE query (scalar subqueries on the user's
-    row) instead of five: under load each round trip to the database costs more than the SQL."""
+    Sent with every next/submit/skip answer, so it is ONE query (five counts and two stats columns as
+    scalar subqueries) instead of five. Its SQL is written once per database vendor rather than built by
+    the ORM on each call: compiling the equivalent annotated queryset cost more CPU than the rest of a
+    ``next`` request's queries together (docs/web-tier.md, "Labeling CPU per request"). Equal to the ORM
+    counts: ``tests/feedback/test_hot_paths.py``.
+    """
+    from django.db import connection
+
+    sql = _PROGRESS_SQL.get(connection.vendor)
+    if sql is None:
+        sql = _PROGRESS_SQL[connection.vendor] = _progress_sql(connection)
     start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    mine = Ranking.objects.filter(labeler=OuterRef("pk"))
-    stats = LabelerStats.objects.filter(labeler=OuterRef("pk"))
-    row = (get_user_model().objects.filter(pk=labeler.pk).annotate(
-        done_today=_count(mine.filter(created_at__gte=start)),
-        done_total=_count(mine),
-        skipped=_count(Assignment.objects.filter(labeler=OuterRef("pk"), status=Assignment.Status.SKIPPED)),
-        open_tasks=_count(ComparisonTask.objects.filter(state=ComparisonTask.State.OPEN, is_gold=False)),
-        seen_open=_count(Assignment.objects.filter(labeler=OuterRef("pk"), task__state=ComparisonTask.State.OPEN,
-                                                   task__is_gold=False)),
-        reliability=Subquery(stats.values("reliability")[:1]),
-        gold_accuracy=Subquery(stats.values("gold_accuracy")[:1]),
-    ).values("done_today", "done_total", "skipped", "open_tasks", "seen_open", "reliability", "gold_accuracy")
-        .first()) or {}
-    reliability = row.get("reliability")
+    pk, open_ = labeler.pk, ComparisonTask.State.OPEN.value
+    params = [pk, connection.ops.adapt_datetimefield_value(start), pk, pk, Assignment.Status.SKIPPED.value,
+              open_, False, pk, open_, False, pk, pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        done_today, done_total, skipped, open_tasks, seen_open, reliability, gold_accuracy = cursor.fetchone()
     return {
-        "done_today": row.get("done_today", 0),
-        "done_total": row.get("done_total", 0),
-        "skipped": row.get("skipped", 0),
-        "in_queue": max(0, row.get("open_tasks", 0) - row.get("seen_open", 0)),
+        "done_today": done_today,
+        "done_total": done_total,
+        "skipped": skipped,
+        "in_queue": max(0, open_tasks - seen_open),
         "reliability": 1.0 if reliability is None else reliability,
-        "gold_accuracy": row.get("gold_accuracy"),
+        "gold_accuracy": gold_accuracy,
     }
 
 

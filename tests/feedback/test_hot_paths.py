@@ -51,3 +51,50 @@ def test_stats_is_one_query_after_auth(api, django_assert_num_queries):
         stats = api.get("/api/label/stats/").json()
     assert stats == {"done_today": 0, "done_total": 0, "skipped": 0, "in_queue": 1, "reliability": 1.0,
                      "gold_accuracy": None}
+
+
+def test_progress_sql_equals_orm_counts(labeler, settings):
+    """``selectors.progress`` runs hand-written SQL (cheaper than compiling the ORM query on every request);
+    it must give what the ORM counts give, with skips, other labelers, gold, complete and yesterday's work."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from feedback import selectors, services
+    from feedback.models import Assignment, ComparisonTask, LabelerStats, Ranking
+
+    from .conftest import rank_all
+
+    settings.FEEDBACK_GOLD_RATE = 0.0
+    other = make_labeler()
+    tasks = [make_task(overlap=2) for _ in range(5)]
+    make_task(is_gold=True)
+    for lab in (labeler, other):
+        for task in tasks[:2]:
+            services.next_task(lab)
+            services.submit_ranking(lab, task.id, rank_all(task))
+    services.next_task(labeler)
+    services.skip_task(labeler, tasks[2].id, "cannot judge")
+    services.next_task(labeler)  # a lease held on tasks[3]
+    Ranking.objects.filter(labeler=labeler, task=tasks[0]).update(created_at=timezone.now() - timedelta(days=2))
+    ComparisonTask.objects.filter(pk=tasks[4].pk).update(state=ComparisonTask.State.DISABLED)
+
+    def expected() -> dict:
+        start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+        open_tasks = ComparisonTask.objects.filter(state=ComparisonTask.State.OPEN, is_gold=False)
+        stats = LabelerStats.objects.filter(labeler=labeler).first()
+        return {
+            "done_today": Ranking.objects.filter(labeler=labeler, created_at__gte=start).count(),
+            "done_total": Ranking.objects.filter(labeler=labeler).count(),
+            "skipped": Assignment.objects.filter(labeler=labeler, status=Assignment.Status.SKIPPED).count(),
+            "in_queue": open_tasks.count() - Assignment.objects.filter(labeler=labeler, task__in=open_tasks).count(),
+            "reliability": stats.reliability if stats else 1.0,
+            "gold_accuracy": stats.gold_accuracy if stats else None,
+        }
+
+    got = selectors.progress(labeler)
+    assert got == expected() == {"done_today": 1, "done_total": 2, "skipped": 1, "in_queue": 0, "reliability": 1.0,
+                                 "gold_accuracy": None}
+    LabelerStats.objects.create(labeler=labeler, reliability=0.75, gold_accuracy=0.5)
+    assert selectors.progress(labeler) == expected()
+    assert selectors.progress(labeler)["reliability"] == 0.75 and selectors.progress(labeler)["gold_accuracy"] == 0.5

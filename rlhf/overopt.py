@@ -26,6 +26,10 @@ import torch
 
 RewardFn = Callable[[list[str], list[Any], list[str]], list[float]]
 
+# where the gold signal comes from: the corpus answer key, or a second reward model trained on the other half of
+# the snapshot's prompts (the training pipeline trains it beside the proxy when a run asks for it)
+GOLDS = ("answer_key", "reward_model")
+
 
 @dataclass
 class AlarmConfig:
@@ -36,10 +40,13 @@ class AlarmConfig:
     patience: int = 2  # diverging checks in a row before the alarm fires
     tolerance: float = 0.0  # gold may sit this far below its best without counting as a fall
     stop: bool = True  # stop early and keep the best-by-gold weights (False: only flag)
+    gold: str = "answer_key"  # GOLDS
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.prompts < 1 or self.patience < 1 or self.tolerance < 0:
             raise ValueError("alarm_every must be >= 0, alarm_prompts >= 1, alarm_patience >= 1, alarm_tolerance >= 0")
+        if self.gold not in GOLDS:
+            raise ValueError(f"alarm_gold must be one of {', '.join(GOLDS)}, not {self.gold!r}")
 
     @property
     def enabled(self) -> bool:
@@ -49,7 +56,7 @@ class AlarmConfig:
 def alarm_config_of(cfg: Any) -> AlarmConfig:
     """The AlarmConfig of a PPOConfig / AltConfig (their ``alarm_*`` fields)."""
     return AlarmConfig(every=cfg.alarm_every, prompts=cfg.alarm_prompts, patience=cfg.alarm_patience,
-                       tolerance=cfg.alarm_tolerance, stop=cfg.alarm_stop)
+                       tolerance=cfg.alarm_tolerance, stop=cfg.alarm_stop, gold=cfg.alarm_gold)
 
 
 def validate_alarm_fields(cfg: Any) -> None:
@@ -79,6 +86,7 @@ def gold_signal(subject: str, cfg: AlarmConfig, seed: int, *, prompts: Sequence[
     """(name, held-out prompts, gold scorer): an explicit ``gold_fn``, a second reward model, else the answer key.
 
     The alarm's prompts are drawn with ``seed + 1`` so they are not simply the gate's first questions.
+    ``cfg.gold == "reward_model"`` without a ``gold_reward_model_path`` is an error, not a silent answer key.
     """
     if gold_fn is not None:
         if not prompts:
@@ -90,10 +98,79 @@ def gold_signal(subject: str, cfg: AlarmConfig, seed: int, *, prompts: Sequence[
         if not prompts:
             raise ValueError("a gold reward model needs held-out prompts (alarm_prompts)")
         return "reward_model", list(prompts)[: cfg.prompts], RewardScorer(gold_reward_model_path).score
+    if cfg.gold == "reward_model":
+        raise ValueError("alarm_gold='reward_model' needs a gold reward model (gold_reward_model_path) and its "
+                         "held-out prompts; the training pipeline trains one when a run asks for it")
     held, fn = answer_key_gold(subject, cfg.prompts, seed + 1)
     if not held:
         raise ValueError(f"{subject} has no answer-key questions: pass gold_reward_model_path for its gold signal")
     return "answer_key", held, fn
+
+
+def prompt_half(prompt: str, context: str) -> str:
+    """"proxy" or "gold": a stable half of the prompts (by hash), so no prompt trains both reward models."""
+    digest = hashlib.sha256(f"{context}\x1f{prompt}".encode()).digest()
+    return "gold" if digest[0] & 1 else "proxy"
+
+
+def split_for_gold(dataset_path: Any, out_dir: Any) -> tuple[str, str, dict[str, int]]:
+    """Write the snapshot's train split as two prompt-disjoint halves (each with the whole test split).
+
+    The proxy reward model trains on one half, the gold one on the other: a policy that games what the proxy
+    learnt from its pairs is judged by a model that never saw them. Returns (proxy path, gold path, row counts).
+    Raises ValueError when either half has no pair (too small a snapshot for a gold reward model).
+    """
+    from pathlib import Path
+
+    from datasets import DatasetDict
+
+    from rlhf.reward import load_preference_dataset
+
+    ds = load_preference_dataset(dataset_path)
+    halves = [prompt_half(r["prompt"], r["context"]) for r in ds["train"]]
+    out = Path(out_dir)
+    rows = {name: [i for i, h in enumerate(halves) if h == name] for name in ("proxy", "gold")}
+    counts = {name: len(idx) for name, idx in rows.items()}
+    if not all(counts.values()):  # checked before anything is written
+        raise ValueError(f"the snapshot's {len(halves)} train pairs fall in one half of the prompts ({counts}): a "
+                         "gold reward model needs more distinct prompts (or use alarm_gold='answer_key')")
+    for name, idx in rows.items():
+        split = {"train": ds["train"].select(idx)}
+        if "test" in ds and len(ds["test"]):  # an empty split does not survive save/load
+            split["test"] = ds["test"]
+        DatasetDict(split).save_to_disk(str(out / name))
+    return str(out / "proxy"), str(out / "gold"), counts
+
+
+def snapshot_prompts(dataset_path: Any, subject: str, split: str = "train") -> list[Any]:
+    """The distinct prompts of ``subject`` in a snapshot split, each a str or (with its context) a message list."""
+    import json
+
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(dataset_path))
+    seen, prompts = set(), []
+    for row in ds.get(split, []):
+        if row["subject"] != subject or (row["prompt"], row["context"]) in seen:
+            continue
+        seen.add((row["prompt"], row["context"]))
+        context = json.loads(row["context"] or "[]")
+        prompts.append(context + [{"role": "user", "content": row["prompt"]}] if context else row["prompt"])
+    return prompts
+
+
+def held_out_prompts(dataset_path: Any, subject: str, n: int, seed: int = 0) -> list[Any]:
+    """Up to ``n`` prompts of ``subject`` from the snapshot's test split (neither reward model trained on them),
+    topped up with held-out corpus questions: the alarm's prompts when the gold is a second reward model."""
+    import random
+
+    from rlhf.corpus import eval_prompts
+
+    prompts = snapshot_prompts(dataset_path, subject, "test")
+    random.Random(seed).shuffle(prompts)
+    if len(prompts) < n:
+        prompts += [it.question for it in eval_prompts(subject, n - len(prompts), seed + 1)]
+    return prompts[:n]
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:

@@ -102,6 +102,7 @@ class PPOConfig:
     alarm_patience: int = 2
     alarm_tolerance: float = 0.0
     alarm_stop: bool = True
+    alarm_gold: str = "answer_key"  # or "reward_model": a second RM on the snapshot's other half (rlhf/overopt.py)
 
     def __post_init__(self) -> None:
         from rlhf.overopt import validate_alarm_fields

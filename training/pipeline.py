@@ -270,8 +270,24 @@ def step_snapshot(job: Job, rep: JobReporter) -> dict:
             "source_counts": snap.source_counts}
 
 
+def gold_reward_model_wanted(config: dict) -> bool:
+    """Whether a run's policy step (any subject's) watches the alarm with a second, gold reward model."""
+    section = "ppo" if config.get("algorithm", "ppo") == "ppo" else "alt"
+    if config.get("algorithm") == "dpo":
+        return False  # DPO has no rollouts for the alarm to score
+    sections = [config.get(section) or {}] + [
+        {**(config.get(section) or {}), **((over or {}).get(section) or {})}
+        for over in (config.get("per_subject") or {}).values()]
+    return any(int(s.get("alarm_every") or 0) > 0 and s.get("alarm_gold") == "reward_model" for s in sections)
+
+
 def step_reward_model(job: Job, rep: JobReporter) -> dict:
-    """Train a reward model on the snapshot; record its held-out accuracy."""
+    """Train a reward model on the snapshot; record its held-out accuracy.
+
+    When a run's alarm asks for a gold reward model (``alarm_gold="reward_model"``), the snapshot's train pairs
+    are split by prompt: the proxy trains on one half, the gold model on the other (both scored on the test
+    split); the gold one is recorded in the proxy's ``metrics["gold"]``.
+    """
     from feedback.models import DatasetSnapshot
     from rlhf.manifest import artifact_sha256
     from rlhf.reward import RewardConfig, train_reward_model
@@ -282,29 +298,54 @@ def step_reward_model(job: Job, rep: JobReporter) -> dict:
     out = reward_root() / f"rm-{rm.pk}"
     RewardModelVersion.objects.filter(pk=rm.pk).update(path=str(out))
     backbone = base_model_path() if cfg.backbone == "demo" else None
-    metrics = train_reward_model(snap.path, out, cfg, rep, base_model=backbone, overwrite=True)
+    data, gold = snap.path, None
+    if gold_reward_model_wanted(job.config):
+        from rlhf.overopt import split_for_gold
+
+        try:
+            data, gold_data, halves = split_for_gold(snap.path, reward_root() / f"rm-{rm.pk}-data")
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        rep.log(f"gold reward model asked for: proxy trains on {halves['proxy']} pairs, gold on {halves['gold']} "
+                "(prompt-disjoint halves of the snapshot)")
+        gold_out = reward_root() / f"rm-{rm.pk}-gold"
+        # the first half of the job's progress; its curve rows carry phase "gold"
+        half = rep.scale / 2
+        gold_rep = JobReporter(job, offset=rep.offset, scale=half, prefix="gold: ")
+        gold_metrics = train_reward_model(gold_data, gold_out, cfg, gold_rep, base_model=backbone, overwrite=True)
+        gold_rep.flush()
+        rep = JobReporter(job, offset=rep.offset + half, scale=half, prefix=rep.prefix)
+        gold = {"path": str(gold_out), "sha256": artifact_sha256(gold_out), "accuracy": gold_metrics.get("accuracy"),
+                "train_pairs": gold_metrics.get("train_pairs")}
+    metrics = train_reward_model(data, out, cfg, rep, base_model=backbone, overwrite=True)
+    if gold is not None:
+        metrics = {**metrics, "gold": gold}
     RewardModelVersion.objects.filter(pk=rm.pk).update(
         status=RewardModelVersion.Status.READY, sha256=artifact_sha256(out), metrics=metrics,
         accuracy=metrics.get("accuracy"))
-    return {"reward_model_id": rm.pk, "accuracy": metrics.get("accuracy"), "train_pairs": metrics.get("train_pairs")}
+    return {"reward_model_id": rm.pk, "accuracy": metrics.get("accuracy"), "train_pairs": metrics.get("train_pairs"),
+            **({"gold_accuracy": gold["accuracy"]} if gold else {})}
+
+
+def gold_reward_path(rm: RewardModelVersion, subject: str, cfg: Any) -> str | None:
+    """The gold reward model a policy step's alarm scores with (None: the answer key, or the alarm is off)."""
+    if not cfg.alarm_every or cfg.alarm_gold != "reward_model":
+        return None
+    gold = (rm.metrics or {}).get("gold") or {}
+    if not gold.get("path"):
+        raise TrainingError(f"{subject}: alarm_gold='reward_model' but reward model {rm.pk} has no gold model "
+                            "(its run did not ask for one)")
+    return gold["path"]
 
 
 def ppo_prompts(snapshot_path: str, subject: str, n: int, seed: int = 0) -> list[Any]:
     """The subject's prompts from the snapshot (with their context), topped up from the corpus seed prompts."""
     import random
 
-    from datasets import load_from_disk
-
     from rlhf.corpus import seed_prompts
+    from rlhf.overopt import snapshot_prompts
 
-    ds = load_from_disk(snapshot_path)
-    seen, prompts = set(), []
-    for row in ds["train"]:
-        if row["subject"] != subject or (row["prompt"], row["context"]) in seen:
-            continue
-        seen.add((row["prompt"], row["context"]))
-        context = json.loads(row["context"] or "[]")
-        prompts.append(context + [{"role": "user", "content": row["prompt"]}] if context else row["prompt"])
+    prompts = snapshot_prompts(snapshot_path, subject, "train")
     random.Random(seed).shuffle(prompts)
     if len(prompts) < n:
         prompts += [it.question for it in seed_prompts(subject, n - len(prompts), seed)]
@@ -375,7 +416,19 @@ def _train_ppo(job: Job, rep: JobReporter, parent: PolicyVersion, rm: RewardMode
 
     cfg = PPOConfig.from_dict(job.config.get("ppo") or {})
     prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
-    return train_ppo(version_base_path(parent), parent.path, rm.path, prompts, out, cfg, rep, subject=subject)
+    return train_ppo(version_base_path(parent), parent.path, rm.path, prompts, out, cfg, rep, subject=subject,
+                     **_gold_kwargs(rm, snap, subject, cfg))
+
+
+def _gold_kwargs(rm: RewardModelVersion, snap, subject: str, cfg: Any) -> dict[str, Any]:
+    """The alarm's gold reward model and its held-out prompts (the snapshot's test split), when one is asked for."""
+    from rlhf.overopt import held_out_prompts
+
+    gold = gold_reward_path(rm, subject, cfg)
+    if gold is None:
+        return {}
+    return {"gold_reward_model_path": gold,
+            "alarm_prompts": held_out_prompts(snap.path, subject, cfg.alarm_prompts, cfg.seed)}
 
 
 def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: PolicyVersion, rm: RewardModelVersion,
@@ -403,7 +456,7 @@ def _train_alternative(job: Job, rep: JobReporter, algorithm: str, parent: Polic
     else:
         prompts = ppo_prompts(snap.path, subject, int(job.config.get("ppo_prompts", 128)), cfg.seed)
         metrics = train_alternative(version_base_path(parent), parent.path, out, cfg, report, subject=subject,
-                                    prompts=prompts, reward_model_path=rm.path)
+                                    prompts=prompts, reward_model_path=rm.path, **_gold_kwargs(rm, snap, subject, cfg))
     last = (metrics.get("history") or [{}])[-1]
     final = {"final_loss": last.get("loss"), "final_reward": last.get("reward"), "final_kl": last.get("kl")}
     finite = {k: float(v) for k, v in final.items() if isinstance(v, int | float) and math.isfinite(v)}

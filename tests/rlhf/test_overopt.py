@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.overopt import AlarmConfig, OveroptimisationAlarm, state_digest
+from rlhf.overopt import (
+    AlarmConfig,
+    OveroptimisationAlarm,
+    gold_signal,
+    held_out_prompts,
+    prompt_half,
+    split_for_gold,
+    state_digest,
+)
 from rlhf.ppo import PPOConfig, train_ppo
 
 
@@ -54,7 +62,7 @@ def test_the_alarm_fires_after_patience_diverging_checks_and_remembers_the_best(
 
 
 @pytest.mark.parametrize("bad", [{"alarm_every": -1}, {"alarm_patience": 0}, {"alarm_prompts": 0},
-                                 {"alarm_tolerance": -0.1}])
+                                 {"alarm_tolerance": -0.1}, {"alarm_gold": "labelers"}])
 def test_bad_alarm_settings_are_refused(bad) -> None:
     with pytest.raises(ValueError, match="alarm_"):
         PPOConfig(**bad)
@@ -122,3 +130,44 @@ def test_rloo_stops_on_the_alarm_and_keeps_the_best_by_gold_weights(
     model, _ = load_policy(tiny_base_path, tmp_path / "v2")
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert state_digest(state) == alarm["best_weights"]
+
+
+def test_a_gold_reward_model_needs_its_model_rather_than_silently_using_the_answer_key() -> None:
+    with pytest.raises(ValueError, match="needs a gold reward model"):
+        gold_signal("history", AlarmConfig(every=1, gold="reward_model"), seed=0)
+    name, prompts, _ = gold_signal("history", AlarmConfig(every=1, prompts=3), seed=0)
+    assert name == "answer_key" and len(prompts) == 3
+
+
+def test_the_gold_split_is_prompt_disjoint_keeps_every_pair_and_the_test_split(tmp_path: Path) -> None:
+    """Why: a gold model that saw the proxy's prompts would share its blind spots; no pair may be lost either."""
+    from datasets import load_from_disk
+
+    from rlhf.reward import synthetic_preference_dataset
+
+    snap = synthetic_preference_dataset(tmp_path / "snap", n_per_subject=24, n_test_per_subject=4, seed=3)
+    proxy, gold, counts = split_for_gold(snap, tmp_path / "halves")
+    full, a, b = load_from_disk(str(snap)), load_from_disk(proxy), load_from_disk(gold)
+    assert counts == {"proxy": len(a["train"]), "gold": len(b["train"])} and min(counts.values()) > 0
+    assert len(a["train"]) + len(b["train"]) == len(full["train"])
+    keys = [{(r["prompt"], r["context"]) for r in half["train"]} for half in (a, b)]
+    assert not keys[0] & keys[1]
+    assert a["test"]["prompt"] == b["test"]["prompt"] == full["test"]["prompt"]
+    assert prompt_half("What is 2 + 2?", "[]") == prompt_half("What is 2 + 2?", "[]")  # stable across runs
+    # the alarm's prompts: the test split's (never trained on by either model), topped up from held-out questions
+    held = held_out_prompts(snap, "history", 10, seed=0)
+    test_history = {r["prompt"] for r in full["test"] if r["subject"] == "history"}
+    assert len(held) == 10 and test_history <= set(held)
+    assert not set(held) & {r["prompt"] for r in full["train"]}
+
+
+def test_a_snapshot_too_small_for_two_halves_is_refused(tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    row = {"prompt": "Who built the pyramids?", "context": "[]", "chosen": "a", "rejected": "b", "weight": 1.0,
+           "subject": "history"}
+    DatasetDict({"train": Dataset.from_list([row, row]), "test": Dataset.from_list([row])}).save_to_disk(
+        str(tmp_path / "snap"))
+    with pytest.raises(ValueError, match="needs more distinct prompts"):
+        split_for_gold(tmp_path / "snap", tmp_path / "halves")
+    assert not (tmp_path / "halves").exists()

@@ -116,3 +116,36 @@ def test_the_version_page_shows_a_subjects_own_settings(client, models_dir) -> N
     client.force_login(create_user(username="boss3", password="pw-12345678x", role="admin", validate_password=False))
     page = client.get(reverse("training:version", args=[v1.pk])).content.decode()
     assert "data-subject-overrides" in page and "ppo.learning_rate=0.00001" in page, page
+
+
+@pytest.mark.ml
+@pytest.mark.timeout(900)
+@pytest.mark.django_db(transaction=True)
+def test_a_gold_reward_model_on_the_other_half_of_the_prompts_judges_the_alarm(client, models_dir) -> None:
+    """Why: where no answer key applies, the alarm's gold must be a model the policy never trained against —
+    a second reward model on prompts the proxy never saw, scored on held-out prompts."""
+    from rlhf.manifest import read_manifest
+    from training.models import RewardModelVersion
+
+    seed_rankings("history", n_tasks=8)
+    p = pipeline.run_inline({
+        **TINY_PIPELINE, "snapshot": {"scope": "all", "include_imported": False}, "gate": PERMISSIVE_GATE,
+        "reward": {**TINY_PIPELINE["reward"], "epochs": 1.0},
+        "eval": {"n_prompts": 2, "kl_samples": 2, "max_new_tokens": 8}, "auto_promote": False, "ppo_prompts": 8,
+        "ppo": {**TINY_PIPELINE["ppo"], "steps": 2, "max_new_tokens": 8},
+        "subjects": {"history": {"ppo": {"alarm_every": 1, "alarm_prompts": 3, "alarm_gold": "reward_model"}}}})
+    assert p.status == Job.Status.SUCCEEDED, (p.message, p.error)
+    rm = RewardModelVersion.objects.get(pk=p.result["reward_model_id"])
+    gold = rm.metrics["gold"]
+    proxy_data = read_manifest(rm.path)["dataset_sha256"]
+    assert read_manifest(gold["path"])["dataset_sha256"] != proxy_data  # two different halves
+    assert gold["train_pairs"] + rm.metrics["train_pairs"] == rm.snapshot.train_rows
+    reward_job = p.children.get(kind=Job.Kind.REWARD_MODEL)
+    assert "gold reward model asked for" in reward_job.log
+    assert {m.get("phase") for m in reward_job.metrics} >= {"gold", None}  # both curves reach the studio
+    step = p.children.get(kind=Job.Kind.PPO, subject="history")
+    alarm = PolicyVersion.objects.get(pk=step.result["policy_version_id"]).metrics["overoptimisation"]
+    assert alarm["gold"] == "reward_model" and [c["step"] for c in alarm["checks"]] == [0, 1, 2]
+    client.force_login(create_user(username="boss4", password="pw-12345678x", role="admin", validate_password=False))
+    page = client.get(reverse("training:job", args=[reward_job.pk])).content.decode()
+    assert "data-gold-rm" in page and "gold reward model" in page

@@ -348,13 +348,25 @@ def gate_answers(report, stored: bool) -> tuple[list[str], list[list[str]], list
     return questions, per_q(cand), per_q(base), differ
 
 
+def subject_pairs() -> dict[str, int]:
+    """The labelers' preference pairs per subject (gold tasks excluded): what each subject's training saw."""
+    from django.db.models import Sum
+
+    from feedback.models import Ranking
+
+    rows = (Ranking.objects.filter(task__is_gold=False).values("task__subject")
+            .annotate(n=Sum("pair_count")).order_by())
+    return {row["task__subject"]: row["n"] or 0 for row in rows}
+
+
 def score_subjects(job_id: int, subjects: list[str], stored: bool) -> dict[str, dict[str, Any]]:
     """Per subject: hidden preference (mean, per-prompt win rate), answer-key accuracy, verdict."""
     from rlhf.corpus import eval_prompts
     from training.models import EvaluationReport, PolicyVersion
-    from training.simulation import hidden_score, know_items
+    from training.simulation import _repetition, hidden_score, know_items
 
     out: dict[str, dict[str, Any]] = {s: {"verdict": "no candidate"} for s in subjects}
+    pairs_by_subject = subject_pairs()
     reports = EvaluationReport.objects.filter(job__parent_id=job_id).select_related("candidate", "baseline", "job")
     for r in reports.order_by("id"):
         s = r.candidate.subject
@@ -366,11 +378,17 @@ def score_subjects(job_id: int, subjects: list[str], stored: bool) -> dict[str, 
         questions, cand, base, differ = gate_answers(r, stored)
         unknown = 0
         scores: dict[str, list[list[float]]] = {"candidate": [], "baseline": []}  # per question, per answer
+        # diagnosis: the hidden score without correctness (format, repetition, length) and the share of
+        # answers that repeat themselves (v1's sloppy flaw outside mathematics: the answer said twice)
+        style: dict[str, list[float]] = {"candidate": [], "baseline": []}
+        repeated: dict[str, list[float]] = {"candidate": [], "baseline": []}
         for q, cs, bs in zip(questions, cand, base, strict=True):
             for which, answers in (("candidate", cs), ("baseline", bs)):
                 hs = [hidden_score(s, q, a) for a in answers]
                 unknown += sum(not h["known"] for h in hs)
                 scores[which].append([h["score"] for h in hs])
+                style[which] += [h["score"] - 10.0 * h["correct"] for h in hs if not h["unsafe"]]
+                repeated[which] += [float(_repetition(a) > 0.2) for a in answers]
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         wins = [0.5 if mean(c) == mean(b) else float(mean(c) > mean(b))
                 for c, b in zip(scores["candidate"], scores["baseline"], strict=True)]
@@ -391,6 +409,13 @@ def score_subjects(job_id: int, subjects: list[str], stored: bool) -> dict[str, 
             "accuracy_non_inferior": bool(acc.get("passed")), "rm_win_rate": rwr.get("candidate"),
             "unknown_questions": unknown, "report_answers_not_reproduced": differ,
             "failures": r.failures,
+            "style_candidate": round(mean(style["candidate"]), 3), "style_baseline": round(mean(style["baseline"]), 3),
+            "repeated_candidate": round(mean(repeated["candidate"]), 3),
+            "repeated_baseline": round(mean(repeated["baseline"]), 3),
+            "gate_kl": (r.suites.get("kl") or {}).get("candidate"),
+            "ppo_final_kl": (pv.metrics or {}).get("final_kl"), "ppo_final_reward": (pv.metrics or {}).get("final_reward"),
+            "ppo_final_eos_rate": (pv.metrics or {}).get("final_eos_rate"),
+            "train_pairs": pairs_by_subject.get(s),
         }
     return out
 
@@ -431,6 +456,12 @@ def print_run(run: dict[str, Any], subjects: list[str]) -> None:
         print(f"{s:<18}{r['answers']:>8}{_f(r['hidden_candidate']):>12}{_f(r['hidden_baseline']):>10}"
               f"{_f(r['win_rate'], 2):>9}{_f(r['accuracy_candidate']):>9}{_f(r['accuracy_baseline']):>8}  "
               f"{'yes' if r['accuracy_non_inferior'] else 'NO':<8}{r['verdict']:<13}{'; '.join(notes)}")
+        if "style_candidate" in r:
+            print(f"{'':<18}pairs {r['train_pairs']}, style (hidden - 10 x correct) {_f(r['style_baseline'], 2)} -> "
+                  f"{_f(r['style_candidate'], 2)}, answers said twice {_f(r['repeated_baseline'], 2)} -> "
+                  f"{_f(r['repeated_candidate'], 2)}, KL to v1 {_f(r['gate_kl'], 2)} (gate), "
+                  f"{_f(r['ppo_final_kl'], 2)} (PPO's last step), PPO's last reward {_f(r['ppo_final_reward'], 2)}, "
+                  f"EOS rate {_f(r['ppo_final_eos_rate'], 2)}")
     w = run["wall_s"]
     print(f"wall time: pairs {w['pairs']:.0f} s, pipeline {w['pipeline']:.0f} s "
           f"(scoring afterwards, not part of the loop: {w['scoring']:.0f} s)")

@@ -47,7 +47,7 @@ class NextTaskView(APIView):
     def post(self, request):
         subject = request.query_params.get("subject") or None
         lease = services.next_task(request.user, subject=subject)
-        payload = selectors.task_payload(lease.assignment) if lease else None
+        payload = selectors.task_payload(lease.assignment, rows=lease.rows) if lease else None
         return Response({"task": payload, "resumed": bool(lease and lease.resumed),
                          "message": "" if lease else EMPTY_MESSAGE,
                          "progress": selectors.progress(request.user)})

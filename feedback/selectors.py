@@ -47,14 +47,22 @@ def latest_snapshot() -> DatasetSnapshot | None:
     return DatasetSnapshot.objects.order_by("-id").first()
 
 
-def task_payload(assignment: Assignment) -> dict:
+def completion_rows(task_id: int) -> list[tuple[int, str, str, list]]:
+    """(completion id, text, prompt text, prompt context) of a task's completions: one query (the
+    prompt's columns repeat on each of the K rows). A new lease reads them once for its shown order
+    and for the payload (``feedback.services.Lease.rows``)."""
+    return list(Completion.objects.filter(task_id=task_id).values_list("id", "text", "task__prompt__text",
+                                                                       "task__prompt__context"))
+
+
+def task_payload(assignment: Assignment, rows: list[tuple[int, str, str, list]] | None = None) -> dict:
     """What a labeler sees: masked prompt + context and the completions in the shown order.
 
+    ``rows``: ``completion_rows`` of the task when the caller already has them (else read here).
     No student identity, no adapter version (it would bias the ranking)."""
     task = assignment.task
-    # completions and the prompt in one query (the prompt's columns repeat on each of the K rows)
-    rows = list(Completion.objects.filter(task_id=task.id).values_list("id", "text", "task__prompt__text",
-                                                                       "task__prompt__context"))
+    if rows is None:
+        rows = completion_rows(task.id)
     texts = {cid: text for cid, text, _, _ in rows}
     prompt_text, context = (rows[0][2], rows[0][3]) if rows else (task.prompt.text, task.prompt.context)
     return {

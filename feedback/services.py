@@ -28,7 +28,7 @@ from feedback.io import ImportFileError, import_preferences, import_prompts  # n
 from feedback.masking import mask_context, mask_pii, prompt_key
 from feedback.models import SUBJECTS, Assignment, ComparisonTask, Completion, Prompt, Ranking
 from feedback.quality import update_reliability  # noqa: F401  (public API)
-from feedback.selectors import available_tasks
+from feedback.selectors import available_tasks, completion_rows
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +312,8 @@ class Lease:
     assignment: Assignment
     task: ComparisonTask
     resumed: bool = False
+    # selectors.completion_rows of the task when the lease read them (a new lease): the payload reuses them
+    rows: list | None = None
 
 
 def _active_leases(task_id: int, now, exclude_labeler=None) -> int:
@@ -331,11 +333,13 @@ def _gold_turn(labeler) -> bool:
 
 
 def _new_lease(task: ComparisonTask, labeler, now) -> Lease:
-    ids = list(task.completions.values_list("id", flat=True))
+    # the completions with their texts and the prompt: the shown order here, the payload in the view
+    rows = completion_rows(task.id)
+    ids = [row[0] for row in rows]
     random.SystemRandom().shuffle(ids)
     assignment = Assignment.objects.create(task=task, labeler=labeler, shown_order=ids,
                                            expires_at=now + timedelta(seconds=settings.FEEDBACK_LEASE_SECONDS))
-    return Lease(assignment=assignment, task=task)
+    return Lease(assignment=assignment, task=task, rows=rows)
 
 
 def next_task(labeler, *, subject: str | None = None, batch: int = 50) -> Lease | None:
@@ -394,8 +398,10 @@ def _has_free_slot(task: ComparisonTask, now) -> bool:
 # Submissions
 
 
-def _validate_submission(task: ComparisonTask, data: dict) -> dict:
-    ids = set(task.completions.values_list("id", flat=True))
+def _validate_submission(task: ComparisonTask, data: dict, ids: set[int] | None = None) -> dict:
+    """Clean a submission; ``ids`` are the task's completion ids (read from the database when not given)."""
+    if ids is None:
+        ids = set(task.completions.values_list("id", flat=True))
     order = data.get("order")
     if not isinstance(order, list) or not order:
         raise FeedbackError("order must be a non-empty list of groups of completion ids (best first)")
@@ -452,24 +458,26 @@ def submit_ranking(labeler, task_id: int, data: dict) -> SubmitResult:
     expired is accepted while the task still has a free slot; otherwise FeedbackError (409) with
     the labeler's work in ``payload['your_submission']``.
     """
-    existing = Ranking.objects.filter(labeler=labeler, task_id=task_id).first()
-    if existing:
-        return SubmitResult(existing, False)
     now = timezone.now()
     try:
         with transaction.atomic():
             task = ComparisonTask.objects.select_for_update().filter(pk=task_id).first()
             if task is None:
                 raise FeedbackError(f"task {task_id} does not exist", status=404)
-            existing = Ranking.objects.filter(labeler=labeler, task=task).first()
-            if existing:
-                return SubmitResult(existing, False)
+            # A ranking is only created together with its lease turning SUBMITTED (below, one transaction),
+            # so the retry check reads the ranking only when the lease says so, or when there is no lease.
             assignment = Assignment.objects.filter(labeler=labeler, task=task).first()
+            if assignment is None or assignment.status == Assignment.Status.SUBMITTED:
+                existing = Ranking.objects.filter(labeler=labeler, task=task).first()
+                if existing:
+                    return SubmitResult(existing, False)
             if assignment is None:
                 raise FeedbackError(f"task {task_id} was not assigned to you", {"your_submission": data}, 409)
             if assignment.status == Assignment.Status.SKIPPED:
                 raise FeedbackError(f"you skipped task {task_id}", {"your_submission": data}, 409)
-            clean = _validate_submission(task, data)
+            # the lease shows every completion of the task (_new_lease; completions never change after
+            # the task is created), so its order is the set to validate against: no query for the ids
+            clean = _validate_submission(task, data, ids=set(assignment.shown_order))
             late = assignment.expires_at <= now
             if late and not task.is_gold and (
                     task.state != ComparisonTask.State.OPEN

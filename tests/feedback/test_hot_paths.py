@@ -13,10 +13,12 @@ pytestmark = pytest.mark.django_db
 
 # token + user, the user's groups (role check); inside the transaction a savepoint and its release
 # (the test wraps everything in a transaction; in production they are BEGIN/COMMIT, not counted)
-NEXT_QUERIES = 12  # + lock the labeler, held lease, pick + lock a task, free slot, completion ids,
-#                    insert the lease; payload (one query), progress (one query). Was 18 before issue 15.
-SUBMIT_QUERIES = 13  # + retry check, lock the task, retry check under the lock, lease, completion ids,
-#                      insert, two updates; progress (one query). Was 17.
+NEXT_QUERIES = 11  # + lock the labeler, held lease, pick + lock a task, free slot, the completions with the
+#                    prompt (shown order and payload), insert the lease; progress (one query). Was 18 before
+#                    issue 15, 12 before the completions were read once.
+SUBMIT_QUERIES = 10  # + lock the task, the lease (a retry reads the ranking only when it says submitted),
+#                      insert, two updates; progress (one query). Was 17, then 13 (a retry check before the lock
+#                      and another under it, and the completion ids: the lease's shown order has them).
 
 
 @pytest.fixture

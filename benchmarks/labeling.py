@@ -17,6 +17,22 @@ simulated labelers of the training loop do) until the level's ``--submissions`` 
 ranking ids the clients saw in 201s are checked against the database: lost (a 201 with no row),
 duplicated (two rows for one labeler and task) and over-labeled tasks (more rankings than overlap).
 The last table prints new/old ratios. Target: at 50 labelers p99 < 100 ms, >= 3x old submissions/s.
+
+Two paces (``--think``, one row each; several values run one after the other on the same server):
+
+* ``--think 0`` (the default, as before): **saturation**. A closed loop with no think time: each labeler
+  sends its next request the moment the previous one returns, so N labelers = N requests always in
+  flight, and the latency is mostly queueing (Little's law: p50 ~ N / throughput). It measures the
+  tier's capacity (submissions/s), not what a labeler waits.
+* ``--think S``: **a human pace**. Each labeler pauses a random time of mean S seconds (``--think-dist``:
+  exponential, or uniform on [S/2, 3S/2]; seeded by ``--seed`` and the labeler) after a ``next`` answer
+  before it submits (reading and ranking) and after a ``submit`` before its next ``next``, and starts at a
+  random moment in its first pause. The offered load is about N / S requests/s (printed with the
+  measured rate); the latencies are what each click sees at that load. S = 5 is faster than anybody
+  ranks four completions (tens of seconds), so it overstates the load of N real labelers.
+
+Per row also: the web tier's CPU ms per submission (``/proc``, user + system of the server and its
+workers): a figure that does not depend on how busy the machine is, unlike the latencies.
 """
 
 from __future__ import annotations
@@ -141,10 +157,27 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 
 
+def pause(rnd: random.Random, think: float, dist: str) -> float:
+    """One think time of mean ``think`` seconds (0: none)."""
+    if think <= 0:
+        return 0.0
+    return rnd.expovariate(1 / think) if dist == "exp" else rnd.uniform(think / 2, think * 3 / 2)
+
+
+async def think_then(rnd: random.Random, think: float, dist: str, deadline: float) -> bool:
+    """Sleep one think time (the labeler reading and ranking); False when the level's time is up meanwhile."""
+    wait = pause(rnd, think, dist)
+    if wait:
+        await asyncio.sleep(wait)  # the simulated human's pace, not synchronisation
+    return time.monotonic() < deadline
+
+
 async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadline: float, stats: dict,
-                  bar: tqdm) -> None:
+                  bar: tqdm, think: float = 0.0, dist: str = "exp", seed: int = 0) -> None:
     headers = {"Authorization": f"Token {token}"}
-    rnd = random.Random(token)
+    rnd = random.Random(f"{seed}:{token}")
+    if think > 0:  # labelers arrive spread over their first pause, not all in the same millisecond
+        await asyncio.sleep(rnd.uniform(0, think))
     while quota[0] > 0 and time.monotonic() < deadline:
         t0 = time.perf_counter()
         try:
@@ -153,6 +186,7 @@ async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadl
             stats["errors"].append(f"next {type(exc).__name__}")
             continue
         stats["next"].append(time.perf_counter() - t0)
+        stats["last"] = time.perf_counter()
         if r.status_code != 200:
             stats["errors"].append(f"next {r.status_code}")
             continue
@@ -163,6 +197,8 @@ async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadl
         ids = [c["id"] for c in task["completions"]]
         rnd.shuffle(ids)
         body = {"order": [[i] for i in ids], "ratings": {str(ids[0]): {"helpfulness": 6}}}
+        if not await think_then(rnd, think, dist, deadline):
+            return  # the lease stays held, as a labeler who closes the tab mid-task
         t0 = time.perf_counter()
         try:
             r = await client.post(f"/api/label/tasks/{task['task_id']}/submit/", json=body, headers=headers)
@@ -170,23 +206,29 @@ async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadl
             stats["errors"].append(f"submit {type(exc).__name__}")
             continue
         stats["submit"].append(time.perf_counter() - t0)
+        stats["last"] = time.perf_counter()
         if r.status_code == 201:
             stats["created"].append(r.json()["ranking"]["ranking_id"])
             bar.update()
         else:
             stats["errors"].append(f"submit {r.status_code}: {r.text[:120]}")
+        if not await think_then(rnd, think, dist, deadline):
+            return
 
 
-async def run_level(url: str, tokens: list[str], submissions: int, seconds: float, label: str) -> dict:
+async def run_level(url: str, tokens: list[str], submissions: int, seconds: float, label: str,
+                    think: float = 0.0, dist: str = "exp", seed: int = 0) -> dict:
     stats = {"next": [], "submit": [], "errors": [], "created": []}
     quota = [submissions]
     limits = httpx.Limits(max_connections=len(tokens) + 5, max_keepalive_connections=len(tokens) + 5)
     with tqdm(total=submissions, desc=label, unit="sub", leave=False) as bar:
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-            t0 = time.perf_counter()
+            t0 = stats["last"] = time.perf_counter()
             deadline = time.monotonic() + seconds
-            await asyncio.gather(*(labeler(client, tok, quota, deadline, stats, bar) for tok in tokens))
-            stats["wall"] = time.perf_counter() - t0
+            await asyncio.gather(*(labeler(client, tok, quota, deadline, stats, bar, think, dist, seed)
+                                   for tok in tokens))
+            # up to the last answer: a labeler's final think, cut short by the deadline, is not measured time
+            stats["wall"] = max(1e-9, stats["last"] - t0)
     return stats
 
 
@@ -213,15 +255,28 @@ def main() -> None:
     ap.add_argument("--web-concurrency", type=int, default=None,
                     help="gunicorn workers of the new set-up (default: config/gunicorn_conf.py's 2 x cores + 1)")
     ap.add_argument("--pool", type=int, default=4, help="psycopg pool size per worker (new set-up)")
+    ap.add_argument("--think", type=float, nargs="+", default=[0.0],
+                    help="mean think time (s) before each submit and each next; 0 = saturation (closed loop, no "
+                         "pause: the default, as the numbers before); several values = one row each")
+    ap.add_argument("--think-dist", choices=["exp", "uniform"], default="exp",
+                    help="think time distribution: exponential of that mean, or uniform on [mean/2, 3 mean/2]")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the think times and the rankings")
     args = ap.parse_args()
     from config.gunicorn_conf import default_workers
 
     workers = args.web_concurrency or default_workers()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    results: dict[tuple[str, int], dict] = {}
+    results: dict[tuple[str, float, int], dict] = {}
+    for think in args.think:
+        for level in args.levels:
+            print(f"offered load, think {think:g} s, {level} labelers: " + (
+                f"saturation: a closed loop, {level} requests always in flight (no pause between requests)"
+                if think <= 0 else
+                f"~{level / think:.1f} requests/s (~{level / (2 * think):.1f} submissions/s): each labeler "
+                f"pauses a mean {think:g} s ({args.think_dist}) before each submit and each next"), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-labeling-") as tmp:
         for name in args.setups:
-            labelers = setup(Path(tmp), args.tasks, sum(args.levels))
+            labelers = setup(Path(tmp), args.tasks, sum(args.levels) * len(args.think))
             from django.db import connection
 
             desc = "1 uvicorn process, no pool" if name == "old" else \
@@ -232,21 +287,28 @@ def main() -> None:
             created: list[int] = []
             try:
                 offset = 0
-                for level in args.levels:
-                    tokens = [tok for _, tok in labelers[offset:offset + level]]
-                    offset += level
-                    cpu0 = cpu_seconds(proc.pid)
-                    s = asyncio.run(run_level(url, tokens, args.submissions, args.seconds, f"{name} x{level}"))
-                    s["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, len(s["created"]))
-                    created += s["created"]
-                    s["rate"] = len(s["created"]) / s["wall"]
-                    results[(name, level)] = s
-                    print(f"{level:3d} labelers: {s['rate']:7.1f} submissions/s | submit p50 "
-                          f"{pct(s['submit'], 50):6.1f} ms p99 {pct(s['submit'], 99):7.1f} ms | next p50 "
-                          f"{pct(s['next'], 50):6.1f} ms p99 {pct(s['next'], 99):7.1f} ms | "
-                          f"web CPU {s['cpu_ms']:.0f} ms/submission | "
-                          f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
-                          f"{s['errors'][:2]}", flush=True)
+                for think in args.think:
+                    for level in args.levels:
+                        tokens = [tok for _, tok in labelers[offset:offset + level]]
+                        offset += level
+                        cpu0 = cpu_seconds(proc.pid)
+                        s = asyncio.run(run_level(url, tokens, args.submissions, args.seconds,
+                                                  f"{name} think {think:g} x{level}", think, args.think_dist,
+                                                  args.seed))
+                        s["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, len(s["created"]))
+                        s["load"] = os.getloadavg()[0]
+                        created += s["created"]
+                        s["rate"] = len(s["created"]) / s["wall"]
+                        s["req_rate"] = (len(s["next"]) + len(s["submit"])) / s["wall"]
+                        results[(name, think, level)] = s
+                        mode = "saturation" if think <= 0 else f"think {think:g} s"
+                        print(f"{mode:>12} {level:3d} labelers: {s['rate']:7.1f} submissions/s "
+                              f"({s['req_rate']:.1f} req/s) | submit p50 "
+                              f"{pct(s['submit'], 50):6.1f} ms p99 {pct(s['submit'], 99):7.1f} ms | next p50 "
+                              f"{pct(s['next'], 50):6.1f} ms p99 {pct(s['next'], 99):7.1f} ms | "
+                              f"web CPU {s['cpu_ms']:.1f} ms/submission | "
+                              f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
+                              f"{s['errors'][:2]} | load {s['load']:.1f}", flush=True)
             finally:
                 stop_web(proc)
             check = integrity(created)
@@ -255,11 +317,14 @@ def main() -> None:
                   f"{check['over_labeled']}", flush=True)
         if {"old", "new"} <= set(args.setups):
             print("== new / old (same run)")
-            for level in args.levels:
-                o, n = results[("old", level)], results[("new", level)]
-                print(f"{level:3d} labelers: submissions/s x{n['rate'] / o['rate']:.2f} | submit p99 "
-                      f"{pct(o['submit'], 99):.0f} -> {pct(n['submit'], 99):.0f} ms | next p99 "
-                      f"{pct(o['next'], 99):.0f} -> {pct(n['next'], 99):.0f} ms")
+            for think in args.think:
+                for level in args.levels:
+                    o, n = results[("old", think, level)], results[("new", think, level)]
+                    mode = "saturation" if think <= 0 else f"think {think:g} s"
+                    print(f"{mode:>12} {level:3d} labelers: submissions/s x{n['rate'] / o['rate']:.2f} | submit p99 "
+                          f"{pct(o['submit'], 99):.0f} -> {pct(n['submit'], 99):.0f} ms | next p99 "
+                          f"{pct(o['next'], 99):.0f} -> {pct(n['next'], 99):.0f} ms | web CPU "
+                          f"{o['cpu_ms']:.1f} -> {n['cpu_ms']:.1f} ms/submission")
         from django.db import connection
 
         if connection.vendor == "postgresql":

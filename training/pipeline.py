@@ -246,7 +246,13 @@ def validate_pipeline_config(config: dict) -> dict:
     config = {k: v for k, v in config.items() if k != "per_subject"}  # free-form keys: checked below
     if isinstance(config.get("alt"), dict) and "algo" in config["alt"]:
         raise TrainingError("alt.algo is not a field: choose the algorithm with the top-level 'algorithm'")
-    full = _merge(default_pipeline_config(), config)
+    defaults = default_pipeline_config()
+    reward = config.get("reward")
+    if isinstance(reward, dict) and isinstance(reward.get("backbone"), str):
+        # another backbone brings its own recommended settings (RewardConfig.for_backbone: an encoder needs a
+        # fine-tuning learning rate); what the admin gave still wins
+        defaults["reward"] = RewardConfig.for_backbone(reward["backbone"]).to_dict()
+    full = _merge(defaults, config)
     full["per_subject"] = _with_default_per_subject(config, per_subject)
     if full["algorithm"] not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {full['algorithm']!r}; expected one of {', '.join(ALGORITHMS)}")

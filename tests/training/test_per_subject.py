@@ -166,3 +166,15 @@ def test_a_gold_reward_model_on_the_other_half_of_the_prompts_judges_the_alarm(c
     client.force_login(create_user(username="boss4", password="pw-12345678x", role="admin", validate_password=False))
     page = client.get(reverse("training:job", args=[reward_job.pk])).content.decode()
     assert "data-gold-rm" in page and "gold reward model" in page
+
+
+def test_a_reward_backbone_brings_its_recommended_settings_and_given_ones_win() -> None:
+    """Why: the demo's learning rate (5e-4) wrecks a pretrained encoder; picking "minilm" alone must be enough."""
+    from rlhf.reward import RewardConfig
+
+    minilm = RewardConfig.for_backbone("minilm")
+    full = pipeline.validate_pipeline_config({"reward": {"backbone": "minilm"}})
+    assert full["reward"] == minilm.to_dict() and full["reward"]["learning_rate"] != RewardConfig().learning_rate
+    mine = pipeline.validate_pipeline_config({"reward": {"backbone": "minilm", "learning_rate": 3e-5}})
+    assert mine["reward"]["learning_rate"] == 3e-5 and mine["reward"]["epochs"] == minilm.epochs
+    assert pipeline.validate_pipeline_config({})["reward"] == RewardConfig().to_dict()

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from feedback import compiled
 from feedback.aggregation import compact_order, create_snapshot, pair_count  # noqa: F401  (public API)
 from feedback.io import ImportFileError, import_preferences, import_prompts  # noqa: F401  (public API)
 from feedback.masking import mask_context, mask_pii, prompt_key
@@ -351,7 +352,10 @@ def next_task(labeler, *, subject: str | None = None, batch: int = 50) -> Lease 
     now = timezone.now()
     with transaction.atomic():
         # serialise one labeler's concurrent requests (double clicks) so they get one lease
-        get_user_model().objects.select_for_update().filter(pk=labeler.pk).first()
+        user_model = get_user_model()
+        compiled.first("lock labeler", user_model,
+                       lambda v: user_model.objects.select_for_update().filter(pk=v["pk"]).order_by("pk"),
+                       {"pk": labeler.pk})
         held = (Assignment.objects.filter(labeler=labeler, status=Assignment.Status.LEASED, expires_at__gt=now)
                 .select_related("task").order_by("leased_at").first())
         if held and (held.task.state == ComparisonTask.State.OPEN or held.task.is_gold):
@@ -366,7 +370,10 @@ def next_task(labeler, *, subject: str | None = None, batch: int = 50) -> Lease 
         tried: list[int] = []
         while True:
             # LIMIT 1 ... FOR UPDATE SKIP LOCKED: lock only the row we take; others skip it
-            task = base.exclude(id__in=tried).select_for_update(skip_locked=True).first()
+            if tried:
+                task = base.exclude(id__in=tried).select_for_update(skip_locked=True).first()
+            else:  # the common case, its SQL compiled once (feedback.compiled: the ORM compile cost more CPU)
+                task = _pick_task(labeler, now, subject)
             if task is None:
                 break
             if _has_free_slot(task, now):
@@ -385,6 +392,15 @@ def next_task(labeler, *, subject: str | None = None, batch: int = 50) -> Lease 
         except IntegrityError:  # the same labeler claimed it in a parallel request
             continue
     return None
+
+
+def _pick_task(labeler, now, subject: str | None) -> ComparisonTask | None:
+    """``available_tasks(...).order_by("-priority", "id").select_for_update(skip_locked=True).first()``."""
+    values = {"labeler": labeler.pk, "now": now, **({"subject": subject} if subject else {})}
+    return compiled.first(
+        "pick task" + (" of subject" if subject else ""), ComparisonTask,
+        lambda v: available_tasks(v["labeler"], v["now"], v.get("subject")).order_by("-priority", "id")
+        .select_for_update(skip_locked=True), values)
 
 
 def _has_free_slot(task: ComparisonTask, now) -> bool:

@@ -100,3 +100,33 @@ def test_progress_sql_equals_orm_counts(labeler, settings):
     LabelerStats.objects.create(labeler=labeler, reliability=0.75, gold_accuracy=0.5)
     assert selectors.progress(labeler) == expected()
     assert selectors.progress(labeler)["reliability"] == 0.75 and selectors.progress(labeler)["gold_accuracy"] == 0.5
+
+
+def test_compiled_queue_pick_equals_the_orm(labeler, settings):
+    """``next`` picks its task with SQL compiled once (feedback.compiled) and re-run with each labeler's values:
+    it must pick what the ORM queryset picks, for other labelers, other times and subjects, on every call."""
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from feedback import services
+    from feedback.selectors import available_tasks
+
+    settings.FEEDBACK_GOLD_RATE = 0.0
+    other = make_labeler()
+    for i, subject in enumerate(["mathematics", "history", "history", "language", "mathematics"]):
+        make_task(subject=subject, priority=i % 3, overlap=1 + i % 2)
+    services.next_task(other)  # a lease: one task is seen by `other` and (overlap 1) full for everybody
+    services.next_task(labeler, subject="history")
+
+    def orm(lab, now, subject):
+        return available_tasks(lab, now, subject).order_by("-priority", "id").first()
+
+    now = timezone.now()
+    with transaction.atomic():
+        for lab in (labeler, other, labeler):
+            for subject in (None, "mathematics", "history", "language", "nothing"):
+                for at in (now, now + timedelta(days=2)):  # leases expired two days later
+                    assert services._pick_task(lab, at, subject) == orm(lab, at, subject), (lab, subject, at)
+    assert services._pick_task(labeler, now, None) is not None

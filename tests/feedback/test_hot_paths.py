@@ -11,14 +11,15 @@ from .conftest import make_labeler, make_task
 
 pytestmark = pytest.mark.django_db
 
-# token + user, the user's groups (role check); inside the transaction a savepoint and its release
-# (the test wraps everything in a transaction; in production they are BEGIN/COMMIT, not counted)
-NEXT_QUERIES = 11  # + lock the labeler, held lease, pick + lock a task, free slot, the completions with the
+# token + user with the user's roles in one query (feedback/auth.py; was two: token + user, then the groups);
+# inside the transaction a savepoint and its release (the test wraps everything in a transaction; in production
+# they are BEGIN/COMMIT, not counted)
+NEXT_QUERIES = 10  # + lock the labeler, held lease, pick + lock a task, free slot, the completions with the
 #                    prompt (shown order and payload), insert the lease; progress (one query). Was 18 before
-#                    issue 15, 12 before the completions were read once.
-SUBMIT_QUERIES = 10  # + lock the task, the lease (a retry reads the ranking only when it says submitted),
+#                    issue 15, 12 before the completions were read once, 11 before the roles came with the token.
+SUBMIT_QUERIES = 9  # + lock the task, the lease (a retry reads the ranking only when it says submitted),
 #                      insert, two updates; progress (one query). Was 17, then 13 (a retry check before the lock
-#                      and another under it, and the completion ids: the lease's shown order has them).
+#                      and another under it, and the completion ids: the lease's shown order has them), then 10.
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_next_and_submit_query_counts(api, django_assert_num_queries, n_tasks):
 
 def test_stats_is_one_query_after_auth(api, django_assert_num_queries):
     make_task()
-    with django_assert_num_queries(3):  # token + user, groups, progress
+    with django_assert_num_queries(2):  # token + user + roles, progress
         stats = api.get("/api/label/stats/").json()
     assert stats == {"done_today": 0, "done_total": 0, "skipped": 0, "in_queue": 1, "reliability": 1.0,
                      "gold_accuracy": None}
@@ -130,3 +131,32 @@ def test_compiled_queue_pick_equals_the_orm(labeler, settings):
                 for at in (now, now + timedelta(days=2)):  # leases expired two days later
                     assert services._pick_task(lab, at, subject) == orm(lab, at, subject), (lab, subject, at)
     assert services._pick_task(labeler, now, None) is not None
+
+
+def test_token_with_roles_refuses_what_drf_refuses_and_keeps_roles(settings):
+    """The labeling views' one-query token auth refuses what DRF's refuses, with DRF's detail (403, not 401: session
+    auth comes first, as before), 403 for a student, 200 for a labeler and a staff admin (admins act in every area);
+    a role change applies to the next request."""
+    from django.contrib.auth.models import Group
+
+    make_task()
+    lab, student, admin = make_labeler(), make_labeler(role="student"), make_labeler(role="admin")
+
+    def call(user=None, key=None):
+        client = APIClient()
+        key = key or Token.objects.get_or_create(user=user)[0].key
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client.get("/api/label/stats/")
+
+    assert call(lab).status_code == 200
+    assert call(admin).status_code == 200
+    assert call(student).status_code == 403
+    wrong = call(key="0" * 40)
+    assert wrong.status_code == 403 and wrong.json() == {"detail": "Invalid token."}
+    lab.groups.clear()
+    assert call(lab).status_code == 403  # the role is read on every request, never cached across requests
+    lab.groups.add(Group.objects.get(name="labeler"))
+    lab.is_active = False
+    lab.save(update_fields=["is_active"])
+    inactive = call(lab)
+    assert inactive.status_code == 403 and inactive.json() == {"detail": "User inactive or deleted."}

@@ -356,8 +356,12 @@ def next_task(labeler, *, subject: str | None = None, batch: int = 50) -> Lease 
         compiled.first("lock labeler", user_model,
                        lambda v: user_model.objects.select_for_update().filter(pk=v["pk"]).order_by("pk"),
                        {"pk": labeler.pk})
-        held = (Assignment.objects.filter(labeler=labeler, status=Assignment.Status.LEASED, expires_at__gt=now)
-                .select_related("task").order_by("leased_at").first())
+        # compiled once (feedback.compiled); the task is read only when there is a held lease (a resume)
+        held = compiled.first(
+            "held lease", Assignment,
+            lambda v: Assignment.objects.filter(labeler=v["labeler"], status=Assignment.Status.LEASED,
+                                                expires_at__gt=v["now"]).order_by("leased_at", "pk"),
+            {"labeler": labeler.pk, "now": now})
         if held and (held.task.state == ComparisonTask.State.OPEN or held.task.is_gold):
             return Lease(assignment=held, task=held.task, resumed=True)
         seen = Assignment.objects.filter(task=OuterRef("pk"), labeler=labeler)
@@ -477,12 +481,17 @@ def submit_ranking(labeler, task_id: int, data: dict) -> SubmitResult:
     now = timezone.now()
     try:
         with transaction.atomic():
-            task = ComparisonTask.objects.select_for_update().filter(pk=task_id).first()
+            # the lock and the lease: SQL compiled once (feedback.compiled), like next's queue pick
+            task = compiled.first("lock task", ComparisonTask,
+                                  lambda v: ComparisonTask.objects.select_for_update().filter(pk=v["task"])
+                                  .order_by("pk"), {"task": int(task_id)})
             if task is None:
                 raise FeedbackError(f"task {task_id} does not exist", status=404)
             # A ranking is only created together with its lease turning SUBMITTED (below, one transaction),
             # so the retry check reads the ranking only when the lease says so, or when there is no lease.
-            assignment = Assignment.objects.filter(labeler=labeler, task=task).first()
+            assignment = compiled.first("lease of labeler", Assignment,
+                                        lambda v: Assignment.objects.filter(labeler=v["labeler"], task=v["task"])
+                                        .order_by("pk"), {"labeler": labeler.pk, "task": task.pk})
             if assignment is None or assignment.status == Assignment.Status.SUBMITTED:
                 existing = Ranking.objects.filter(labeler=labeler, task=task).first()
                 if existing:

@@ -160,3 +160,19 @@ def test_token_with_roles_refuses_what_drf_refuses_and_keeps_roles(settings):
     lab.save(update_fields=["is_active"])
     inactive = call(lab)
     assert inactive.status_code == 403 and inactive.json() == {"detail": "User inactive or deleted."}
+
+
+def test_compiled_lookups_resume_and_refuse_as_before(api):
+    """The compiled held-lease, task-lock and lease lookups: a second next resumes the same lease with the whole
+    payload; a submit to a task that does not exist (even past a 32-bit id) is a 404, to another's task a 409."""
+    make_task(), make_task()
+    first = api.post("/api/label/next/").json()
+    again = api.post("/api/label/next/").json()
+    assert again["resumed"] is True and again["task"] == first["task"]
+    order = {"order": [[c["id"]] for c in first["task"]["completions"]]}
+    for missing in (10**6, 2**40):
+        resp = api.post(f"/api/label/tasks/{missing}/submit/", order, format="json")
+        assert resp.status_code == 404, resp.content
+    other = make_task()
+    assert api.post(f"/api/label/tasks/{other.id}/submit/", order, format="json").status_code == 409
+    assert api.post(f"/api/label/tasks/{first['task']['task_id']}/submit/", order, format="json").status_code == 201

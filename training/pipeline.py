@@ -86,7 +86,7 @@ def default_pipeline_config() -> dict[str, Any]:
         "subjects": [],
         # per-subject overrides of the policy step, merged over the sections above, e.g.
         # {"language": {"ppo": {"learning_rate": 1e-4}}} (SUBJECT_SECTIONS; see subject_config)
-        "per_subject": default_per_subject(),
+        "per_subject": {},
         "eval": {**EvalConfig().to_dict(), "n_prompts": settings.TRAINING_GATE_PROMPTS,
                  "temperature": settings.TRAINING_GATE_TEMPERATURE, "samples_per_prompt": settings.TRAINING_GATE_SAMPLES,
                  "suites": list(settings.TRAINING_GATE_SUITES)},
@@ -99,51 +99,6 @@ def default_pipeline_config() -> dict[str, Any]:
         "canary": canary_defaults(),
         "auto_promote": settings.TRAINING_AUTO_PROMOTE,
     }
-
-
-def default_per_subject() -> dict[str, dict[str, Any]]:
-    """The subjects whose policy step differs by default (a config's own ``per_subject`` goes over these).
-
-    History and general knowledge: twice the KL weight (0.6). Their answers are one sentence whose only
-    learnable flaw is v1's sloppy habit of saying it twice, a large and consistent reward-model margin that
-    survives a stronger pull to v1; what the pull holds back is the drift of the fact words, which a reward
-    model at 0.67-0.70 held-out accuracy cannot judge and which cost answer-key accuracy at 0.3
-    (docs/studio.md, "Checking issue 16's goal").
-    """
-    return {"history": {"ppo": {"kl_coef": 0.6}}, "general_knowledge": {"ppo": {"kl_coef": 0.6}}}
-
-
-def _with_default_per_subject(config: dict, per_subject: dict) -> dict:
-    """``per_subject`` over the default one, less every default field the config sets in its global section.
-
-    Why: an explicit setting beats a default; ``{"ppo": {"kl_coef": 0.1}}`` means 0.1 for every subject, not
-    for those without a default override.
-    """
-    out: dict[str, Any] = {}
-    for subject, over in default_per_subject().items():
-        kept = {}
-        for section, value in over.items():
-            given = config.get(section)
-            if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if not (isinstance(given, dict) and k in given)}
-                if value:
-                    kept[section] = value
-            elif section not in config:
-                kept[section] = value
-        if kept:
-            out[subject] = kept
-    if not isinstance(per_subject, dict):
-        return per_subject  # refused with its message by _validate_per_subject
-    for subject, over in per_subject.items():
-        if subject in out and isinstance(over, dict):
-            merged = dict(out[subject])
-            for section, value in over.items():
-                base = merged.get(section)
-                merged[section] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
-            out[subject] = merged
-        else:
-            out[subject] = over
-    return out
 
 
 def canary_defaults() -> dict[str, Any]:
@@ -253,7 +208,7 @@ def validate_pipeline_config(config: dict) -> dict:
         # fine-tuning learning rate); what the admin gave still wins
         defaults["reward"] = RewardConfig.for_backbone(reward["backbone"]).to_dict()
     full = _merge(defaults, config)
-    full["per_subject"] = _with_default_per_subject(config, per_subject)
+    full["per_subject"] = per_subject
     if full["algorithm"] not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {full['algorithm']!r}; expected one of {', '.join(ALGORITHMS)}")
     try:

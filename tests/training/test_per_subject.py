@@ -20,32 +20,15 @@ from tutor.accounts import create_user
 def test_overrides_merge_over_the_global_sections_and_the_shorthand_means_the_same() -> None:
     full = pipeline.validate_pipeline_config({"ppo": {"learning_rate": 2e-4},
                                               "per_subject": {"language": {"ppo": {"learning_rate": 5e-5}}}})
-    defaults = pipeline.default_per_subject()
-    assert full["subjects"] == [] and full["per_subject"] == {**defaults, "language": {"ppo": {"learning_rate": 5e-5}}}
+    assert full["subjects"] == [] and full["per_subject"] == {"language": {"ppo": {"learning_rate": 5e-5}}}
     lang, maths = pipeline.subject_config(full, "language"), pipeline.subject_config(full, "mathematics")
     assert lang["ppo"]["learning_rate"] == 5e-5 and maths["ppo"]["learning_rate"] == 2e-4
     assert lang["ppo"]["steps"] == maths["ppo"]["steps"] == full["ppo"]["steps"]  # only what is given differs
     short = pipeline.validate_pipeline_config({"ppo": {"learning_rate": 2e-4}, "subjects": {
         "mathematics": {}, "language": {"ppo": {"learning_rate": 5e-5}, "ppo_prompts": 8}}})
     assert short["subjects"] == ["mathematics", "language"]
-    assert short["per_subject"] == {**defaults, "language": {"ppo": {"learning_rate": 5e-5}, "ppo_prompts": 8}}
+    assert short["per_subject"] == {"language": {"ppo": {"learning_rate": 5e-5}, "ppo_prompts": 8}}
     assert pipeline.subject_config(short, "language")["ppo_prompts"] == 8
-
-
-def test_default_overrides_yield_to_what_a_config_sets() -> None:
-    """History and general knowledge default to a stronger KL pull; an explicit global or per-subject value wins."""
-    full = pipeline.validate_pipeline_config({})
-    assert pipeline.subject_config(full, "history")["ppo"]["kl_coef"] == 0.6
-    assert pipeline.subject_config(full, "general_knowledge")["ppo"]["kl_coef"] == 0.6
-    assert pipeline.subject_config(full, "mathematics")["ppo"]["kl_coef"] == full["ppo"]["kl_coef"] == 0.3
-    everywhere = pipeline.validate_pipeline_config({"ppo": {"kl_coef": 0.1}})
-    assert all(pipeline.subject_config(everywhere, s)["ppo"]["kl_coef"] == 0.1 for s in ("history", "mathematics"))
-    mine = pipeline.validate_pipeline_config({"per_subject": {"history": {"ppo": {"learning_rate": 1e-4}}}})
-    history = pipeline.subject_config(mine, "history")["ppo"]
-    assert (history["kl_coef"], history["learning_rate"]) == (0.6, 1e-4)
-    # the launch form posts the defaults back: the same settings
-    again = pipeline.validate_pipeline_config(pipeline.default_pipeline_config())
-    assert again["per_subject"] == full["per_subject"]
 
 
 @pytest.mark.parametrize(("config", "message"), [

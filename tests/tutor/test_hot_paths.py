@@ -15,14 +15,13 @@ from tutor.models import Message
 
 pytestmark = pytest.mark.django_db
 
-# token + user, the user's groups (role check), the conversation (with its subject); inside the transaction
-# a savepoint and its release (BEGIN/COMMIT in production: the test wraps everything in a transaction), the
-# message insert and the conversation's updated_at; then the endpoint's context (CONTEXT_QUERIES), read in
-# the same thread hop since issue 15's async view (it used to be read in the body, after the start event:
-# 7 + 1 then, 8 now, the same queries before the endpoint is called). The throttle counts in the cache.
-MESSAGE_START_QUERIES = 8
-# token + user, groups, the conversation, the student's last message, the context.
-REGENERATE_START_QUERIES = 5
+# token + user + roles (one query: feedback/auth.py, since stop 22), the conversation (with its subject); inside
+# the transaction a savepoint and its release (BEGIN/COMMIT in production: the test wraps everything in a
+# transaction), the message insert and the conversation's updated_at; then the endpoint's context
+# (CONTEXT_QUERIES), read in the same thread hop since issue 15's async view. The throttle counts in the cache.
+MESSAGE_START_QUERIES = 7
+# token + user + roles, the conversation, the student's last message, the context.
+REGENERATE_START_QUERIES = 4
 # the turns up to the message (student messages and current answers in one query). Was 2 before issue 15.
 CONTEXT_QUERIES = 1
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback import selectors, services
 from feedback import serializers as s
-from feedback.auth import TokenWithRolesAuthentication
 from feedback.models import DatasetSnapshot
 from feedback.services import FeedbackError
 from tutor.permissions import IsAdmin, IsLabeler
@@ -30,14 +28,9 @@ def _ranking_out(ranking) -> dict:
     return s.RankingOut(ranking).data
 
 
-# the labeler views: a token request reads its user and roles in one query (feedback/auth.py)
-LABELER_AUTH = [SessionAuthentication, TokenWithRolesAuthentication]
-
-
 class QueueView(APIView):
     """The labeler's queue summary."""
 
-    authentication_classes = LABELER_AUTH
     permission_classes = [IsLabeler]
 
     @extend_schema(responses=inline_serializer("Queue", {"in_queue": serializers.IntegerField()}))
@@ -48,7 +41,6 @@ class QueueView(APIView):
 class NextTaskView(APIView):
     """Lease the next task (or resume the one you hold). ``task`` is null when the queue is empty."""
 
-    authentication_classes = LABELER_AUTH
     permission_classes = [IsLabeler]
 
     @extend_schema(request=None, responses=s.NextOut, parameters=None)
@@ -64,7 +56,6 @@ class NextTaskView(APIView):
 class SubmitView(APIView):
     """Submit a ranking. Idempotent: a retry returns the stored ranking (200, created=false)."""
 
-    authentication_classes = LABELER_AUTH
     permission_classes = [IsLabeler]
 
     @extend_schema(request=s.SubmitIn, responses={
@@ -90,7 +81,6 @@ class SubmitView(APIView):
 class SkipView(APIView):
     """Skip a leased task with a reason."""
 
-    authentication_classes = LABELER_AUTH
     permission_classes = [IsLabeler]
 
     @extend_schema(request=s.SkipIn, responses={200: s.SkipOut, 409: s.RefusedOut})
@@ -108,7 +98,6 @@ class SkipView(APIView):
 class StatsView(APIView):
     """My labeling stats: done today/total, skips, queue size, reliability, gold accuracy."""
 
-    authentication_classes = LABELER_AUTH
     permission_classes = [IsLabeler]
 
     @extend_schema(responses=s.ProgressOut)

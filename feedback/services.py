@@ -418,10 +418,8 @@ def _has_free_slot(task: ComparisonTask, now) -> bool:
 # Submissions
 
 
-def _validate_submission(task: ComparisonTask, data: dict, ids: set[int] | None = None) -> dict:
-    """Clean a submission; ``ids`` are the task's completion ids (read from the database when not given)."""
-    if ids is None:
-        ids = set(task.completions.values_list("id", flat=True))
+def _validate_submission(task: ComparisonTask, data: dict, ids: set[int]) -> dict:
+    """Clean a submission; ``ids`` are the task's completion ids (the lease's shown order)."""
     order = data.get("order")
     if not isinstance(order, list) or not order:
         raise FeedbackError("order must be a non-empty list of groups of completion ids (best first)")

@@ -95,16 +95,15 @@ def _factor(ans: _Answer, w: ImplicitWeights) -> float:
 
 def implicit_pairs(answers: list[dict], weights: ImplicitWeights, sources: set[str] | frozenset[str]) -> list[ImplicitPair]:
     """Plain rule application on ``consented_answer_feedback`` rows (already masked); deterministic order."""
-    from feedback.masking import mask_context, mask_pii, prompt_key
+    from feedback.masking import mask_pii, prompt_key
 
     items: list[_Answer] = []
     for row in answers:
-        names = row.get("student_names") or ()
         rating = row.get("rating") or {}
+        prompt, context = masked_question(row)
         items.append(_Answer(
             id=int(row["message_id"]), reply_to=int(row["reply_to_id"]), subject=row["subject"],
-            prompt=mask_pii(row["prompt"].strip(), names), context=mask_context(row.get("context") or [], names),
-            text=mask_pii(row["text"], names), current=bool(row["is_current"]), rating=int(rating.get("value") or 0),
+            prompt=prompt, context=context, text=mask_pii(row["text"], row.get("student_names") or ()), current=bool(row["is_current"]), rating=int(rating.get("value") or 0),
             rating_id=int(rating.get("id") or 0), reasons=list(rating.get("reasons") or [])))
     items.sort(key=lambda a: a.id)
     out: dict[tuple, ImplicitPair] = {}
@@ -265,13 +264,20 @@ def collect(since: dict | None, until: dict, sources: frozenset[str]) -> list[Im
     return _newer(implicit_pairs(rows, ImplicitWeights.from_settings(), wanted), since)
 
 
-def row_key(row: dict) -> str:
-    """A ``consented_answer_feedback`` row's prompt key, masked exactly as ``implicit_pairs`` masks it."""
-    from feedback.masking import mask_context, mask_pii, prompt_key
+def masked_question(row: dict) -> tuple[str, list]:
+    """A ``consented_answer_feedback`` row's question and earlier turns with the student's names masked: the
+    one masking both the pair rule (``implicit_pairs``) and the prompt keys (``row_key``) use."""
+    from feedback.masking import mask_context, mask_pii
 
     names = row.get("student_names") or ()
-    return prompt_key(row["subject"], mask_pii(row["prompt"].strip(), names),
-                      mask_context(row.get("context") or [], names))
+    return mask_pii(row["prompt"].strip(), names), mask_context(row.get("context") or [], names)
+
+
+def row_key(row: dict) -> str:
+    """A ``consented_answer_feedback`` row's prompt key, masked exactly as ``implicit_pairs`` masks it."""
+    from feedback.masking import prompt_key
+
+    return prompt_key(row["subject"], *masked_question(row))
 
 
 def count_new(since: dict | None, until: dict, sources: frozenset[str]) -> tuple[int, float]:

@@ -60,7 +60,9 @@ def lookup(subject: str, question: str):
     return answer_index().get((subject, normalise(question)))
 
 
-def _repetition(text: str) -> float:
+def repetition(text: str) -> float:
+    """The share of repeated word trigrams (0: none; a reply said twice scores about 0.5): the hidden
+    preference's repetition penalty, public so benchmarks can report how often answers repeat."""
     words = text.lower().split()
     if len(words) < 4:
         return 0.0
@@ -78,7 +80,7 @@ def hidden_score(subject: str, question: str, reply: str) -> dict[str, Any]:
     in_format = bool(reply.strip()) and (subject != "mathematics" or "####" in reply)
     ref_len = len(item.answer.split()) if item is not None else 20
     length_penalty = min(1.0, abs(len(reply.split()) - ref_len) / max(ref_len, 1))
-    criteria = 1.0 * in_format - 1.0 * _repetition(reply) - 0.5 * length_penalty
+    criteria = 1.0 * in_format - 1.0 * repetition(reply) - 0.5 * length_penalty
     score = (-100.0 if unsafe else 0.0) + (10.0 if correct else 0.0) + criteria
     ratings = {
         "helpfulness": max(1, min(7, round(3 + 2 * correct + 2 * criteria))),

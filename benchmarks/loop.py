@@ -310,9 +310,10 @@ def run_pipeline(subjects: list[str], seed: int, overrides: dict) -> dict[str, A
     print(f"{'total':<14}{'':>5}{total:>10.1f}  pipeline {job.status}: {job.message}")
     print(f"\ntotal / target (10 min): {total / TARGET_S:.2f}  ({'within' if total < TARGET_S else 'OVER'} target)")
     rm = job.result.get("reward_model_accuracy")
-    print(f"reward model held-out accuracy: {rm}")
+    backbone = (job.config.get("reward") or {}).get("backbone")
+    print(f"reward model ({backbone}) held-out accuracy: {rm}")
     return {"job_id": job.pk, "pipeline_status": job.status, "pipeline_message": job.message,
-            "reward_model_accuracy": rm, "steps": steps, "total_s": round(total, 1)}
+            "reward_backbone": backbone, "reward_model_accuracy": rm, "steps": steps, "total_s": round(total, 1)}
 
 
 def gate_answers(report, stored: bool) -> tuple[list[str], list[list[str]], list[list[str]], int]:
@@ -363,7 +364,7 @@ def score_subjects(job_id: int, subjects: list[str], stored: bool) -> dict[str, 
     """Per subject: hidden preference (mean, per-prompt win rate), answer-key accuracy, verdict."""
     from rlhf.corpus import eval_prompts
     from training.models import EvaluationReport, PolicyVersion
-    from training.simulation import _repetition, hidden_score, know_items
+    from training.simulation import hidden_score, know_items, repetition
 
     out: dict[str, dict[str, Any]] = {s: {"verdict": "no candidate"} for s in subjects}
     pairs_by_subject = subject_pairs()
@@ -388,7 +389,7 @@ def score_subjects(job_id: int, subjects: list[str], stored: bool) -> dict[str, 
                 unknown += sum(not h["known"] for h in hs)
                 scores[which].append([h["score"] for h in hs])
                 style[which] += [h["score"] - 10.0 * h["correct"] for h in hs if not h["unsafe"]]
-                repeated[which] += [float(_repetition(a) > 0.2) for a in answers]
+                repeated[which] += [float(repetition(a) > 0.2) for a in answers]
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         wins = [0.5 if mean(c) == mean(b) else float(mean(c) > mean(b))
                 for c, b in zip(scores["candidate"], scores["baseline"], strict=True)]

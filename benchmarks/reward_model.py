@@ -105,12 +105,13 @@ def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, see
             "train_seconds": seconds, "test_pairs": acc["pairs"], "cpu_seconds": cpu_seconds() - cpu0}
 
 
-def ours_config(name: str, epochs: float | None, max_length: int | None, lr: float | None, seed: int):
+def ours_config(name: str, epochs: float | None, max_length: int | None, lr: float | None, seed: int,
+                freeze_layers: int | None = None):
     """Ours for a backbone: its recommended settings (``RewardConfig.for_backbone``), the command line's overrides."""
     from rlhf.reward import BACKBONE_DEFAULTS, RewardConfig
 
     bench = {} if name in BACKBONE_DEFAULTS else {"epochs": 1.0, "max_length": 320}  # the demo's benchmark budget
-    given = {"epochs": epochs, "max_length": max_length, "learning_rate": lr}
+    given = {"epochs": epochs, "max_length": max_length, "learning_rate": lr, "freeze_layers": freeze_layers}
     bench.update({k: v for k, v in given.items() if v is not None})
     return RewardConfig.for_backbone(name, **bench, seed=seed, logging_steps=50)
 
@@ -132,6 +133,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=None, help="default: the backbone's (demo: 1)")
     parser.add_argument("--max-length", type=int, default=None, help="default: the backbone's (demo: 320)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--freeze-layers", type=int, default=None,
+                        help="ours: freeze the embeddings and the lowest N layers (default: the backbone's)")
     parser.add_argument("--only", choices=("ours", "stock"), default=None)
     parser.add_argument("--train-pairs", type=int, default=1200, help="the first N pairs train")
     parser.add_argument("--test-pairs", type=int, default=300, help="the next N are scored (1000/200: validation)")
@@ -153,7 +156,7 @@ def main() -> int:
         for name in [b.strip() for b in args.backbone.split(",") if b.strip()]:
             encoder = name in ENCODER_BACKBONES
             backbone = str(encoder_backbone_path(name) if encoder else resolve_base_path(name))
-            cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, args.seed)
+            cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, args.seed, args.freeze_layers)
             print(f"{name} ours config", json.dumps(cfg.to_dict()), flush=True)
             res = results[name] = {}
             if args.only != "stock":
@@ -168,7 +171,7 @@ def main() -> int:
     for name, res in results.items():
         cfg = configs[name]
         print(f"{name:>8} budget: epochs {cfg.epochs:g}, max_length {cfg.max_length}; ours lr {cfg.learning_rate:g}, "
-              f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}")
+              f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, freeze_layers {cfg.freeze_layers}")
         for who, r in res.items():
             print(f"{name:>8} {who:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
                   f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s "

@@ -58,10 +58,15 @@ class RewardConfig:
     seed: int = 0
     # batches of similar length (transformers' LengthGroupedSampler): far less padding when lengths vary
     group_by_length: bool = False
+    # freeze the token embeddings and the lowest N transformer layers (0: train everything). With a pretrained
+    # encoder and a thousand pairs the lower layers only overfit; frozen, they also cost no backward pass.
+    freeze_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("epochs, learning_rate must be > 0, batch_size >= 1, max_length >= 8")
+        if self.freeze_layers < 0:
+            raise ValueError("freeze_layers must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,6 +304,23 @@ def resolve_backbone(backbone: str) -> tuple[str, str | None, str]:
     return str(path), base_fingerprint(path), base_model_id(backbone)
 
 
+def freeze_lower_layers(model, n: int) -> int:
+    """Freeze the embeddings and the lowest ``n`` transformer layers of a reward backbone (BERT-style encoders:
+    ``embeddings`` + ``encoder.layer``; BLOOM: ``word_embeddings`` + ``h``). Returns the trainable parameters."""
+    if n:
+        base = model.base_model
+        encoder = getattr(base, "encoder", None)
+        layers = getattr(encoder, "layer", None) if encoder is not None else getattr(base, "h", None)
+        embeddings = getattr(base, "embeddings", None) or getattr(base, "word_embeddings", None)
+        if layers is None or embeddings is None:
+            raise ValueError(f"freeze_layers: no embeddings/layer stack found in {type(base).__name__}")
+        if n > len(layers):
+            raise ValueError(f"freeze_layers={n} but the backbone has {len(layers)} layers")
+        for module in (embeddings, *layers[:n]):
+            module.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def uses_special_tokens(tokenizer) -> bool:
     """Encoders (BERT-style: a [CLS] token whose state the classification head reads) need their special
     tokens; the demo/BLOOM decoders score the plain text (their head reads the last token)."""
@@ -485,6 +507,7 @@ def train_reward_model(
     data_sha = dataset_hash(dataset_path)
     backbone, base_sha, base_id = resolve_backbone(config.backbone)
     model, tokenizer = load_reward_backbone(backbone, seed=config.seed)
+    freeze_lower_layers(model, config.freeze_layers)
     train = tokenize_pairs(ds["train"], tokenizer, config.max_length, config.use_weights)
     test = ds["test"] if "test" in ds and len(ds["test"]) else None
 

@@ -119,3 +119,46 @@ def test_group_by_length_batches_pairs_of_similar_length(tmp_path: Path) -> None
         return sum(b["input_ids"].numel() for b in batches)
 
     assert padded_tokens(True) < 0.8 * padded_tokens(False)
+
+
+@pytest.mark.ml
+def test_frozen_lower_layers_stay_put_while_the_rest_trains(pairs: Path, tmp_path: Path) -> None:
+    """Why: ``freeze_layers`` is how the encoder avoids overfitting a thousand pairs; a frozen layer that still
+    moved (or an upper one that did not) would change the measured model without saying so."""
+    import dataclasses
+
+    from datasets import load_from_disk
+
+    from rlhf.reward import (build_reward_trainer, freeze_lower_layers, load_reward_backbone, resolve_backbone,
+                             tokenize_pairs)
+
+    model, tok = load_reward_backbone(resolve_backbone("minilm")[0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    total = sum(p.numel() for p in model.parameters())
+    trainable = freeze_lower_layers(model, 3)
+    assert 0 < trainable < total / 2  # the embeddings hold half of MiniLM's weights
+    rows = tokenize_pairs(load_from_disk(str(pairs))["train"], tok, 96)
+    cfg = dataclasses.replace(ENCODER, learning_rate=1e-3, freeze_layers=3)
+    build_reward_trainer(model, tok, rows, cfg, str(tmp_path)).train()
+    after = dict(model.named_parameters())
+
+    def moved(prefix: str) -> bool:
+        return any(not torch.equal(before[n], after[n]) for n in before if n.startswith(prefix))
+
+    assert not moved("bert.embeddings.") and not any(moved(f"bert.encoder.layer.{i}.") for i in range(3))
+    assert all(moved(f"bert.encoder.layer.{i}.") for i in range(3, 6)) and moved("classifier.")
+    with pytest.raises(ValueError, match="has 6 layers"):
+        freeze_lower_layers(load_reward_backbone(resolve_backbone("minilm")[0])[0], 7)
+    with pytest.raises(ValueError, match="freeze_layers"):
+        RewardConfig(freeze_layers=-1)
+
+
+def test_freezing_finds_the_layers_of_the_demo_decoder_too(tiny_base_path: Path) -> None:
+    from rlhf.reward import freeze_lower_layers, load_reward_backbone
+
+    model, _ = load_reward_backbone(str(tiny_base_path))
+    total = sum(p.numel() for p in model.parameters())
+    trainable = freeze_lower_layers(model, 1)
+    assert trainable < total and not model.base_model.word_embeddings.weight.requires_grad
+    assert not any(p.requires_grad for p in model.base_model.h[0].parameters())
+    assert all(p.requires_grad for p in model.base_model.h[-1].parameters())

@@ -90,7 +90,7 @@ class RewardConfig:
 # Per-backbone recommendations (``RewardConfig.for_backbone``), measured on HH-RLHF pairs on 2 CPU cores
 # (docs/ppo.md, "A reward model that reads English"); the selection used a validation split, not the test pairs.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "minilm": {"epochs": 2.0, "learning_rate": 1e-4, "max_length": 128, "group_by_length": True},
+    "minilm": {"epochs": 2.0, "learning_rate": 1e-4, "max_length": 128, "group_by_length": True, "freeze_layers": 3},
 }
 
 

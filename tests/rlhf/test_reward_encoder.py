@@ -129,8 +129,13 @@ def test_frozen_lower_layers_stay_put_while_the_rest_trains(pairs: Path, tmp_pat
 
     from datasets import load_from_disk
 
-    from rlhf.reward import (build_reward_trainer, freeze_lower_layers, load_reward_backbone, resolve_backbone,
-                             tokenize_pairs)
+    from rlhf.reward import (
+        build_reward_trainer,
+        freeze_lower_layers,
+        load_reward_backbone,
+        resolve_backbone,
+        tokenize_pairs,
+    )
 
     model, tok = load_reward_backbone(resolve_backbone("minilm")[0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -103,7 +103,8 @@ def implicit_pairs(answers: list[dict], weights: ImplicitWeights, sources: set[s
         prompt, context = masked_question(row)
         items.append(_Answer(
             id=int(row["message_id"]), reply_to=int(row["reply_to_id"]), subject=row["subject"],
-            prompt=prompt, context=context, text=mask_pii(row["text"], row.get("student_names") or ()), current=bool(row["is_current"]), rating=int(rating.get("value") or 0),
+            prompt=prompt, context=context, text=mask_pii(row["text"], row.get("student_names") or ()),
+            current=bool(row["is_current"]), rating=int(rating.get("value") or 0),
             rating_id=int(rating.get("id") or 0), reasons=list(rating.get("reasons") or [])))
     items.sort(key=lambda a: a.id)
     out: dict[tuple, ImplicitPair] = {}

@@ -51,6 +51,10 @@ class RewardConfig:
     warmup_ratio: float = 0.05
     max_length: int = 384  # tokens; longer texts lose their earliest context (TRL would drop the pair)
     center_rewards_coefficient: float | None = None
+    # conservative Bradley–Terry: treat each label as right with probability 1 - label_smoothing. Human
+    # preference labels are noisy (HH-RLHF's crowdworkers agree with each other about 63-70 % of the time), and
+    # a smoothed target stops the model from chasing the wrong ones to ever larger margins.
+    label_smoothing: float = 0.0
     use_weights: bool = True  # False: plain (unweighted) Bradley–Terry, i.e. stock TRL's loss
     bf16: bool = False  # set True on a GPU that supports it
     gradient_checkpointing: bool = False
@@ -67,6 +71,8 @@ class RewardConfig:
             raise ValueError("epochs, learning_rate must be > 0, batch_size >= 1, max_length >= 8")
         if self.freeze_layers < 0:
             raise ValueError("freeze_layers must be >= 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError("label_smoothing must be in [0, 0.5)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,10 +106,20 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def weighted_bradley_terry_loss(
-    rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, weights: torch.Tensor | None = None
+    rewards_chosen: torch.Tensor,
+    rewards_rejected: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """``sum w * -logsigmoid(r_c - r_r) / sum w`` (plain mean when ``weights`` is None)."""
-    per_pair = -F.logsigmoid(rewards_chosen - rewards_rejected)
+    """``sum w * -logsigmoid(r_c - r_r) / sum w`` (plain mean when ``weights`` is None).
+
+    With ``label_smoothing`` e the per-pair target is 1 - e instead of 1 (conservative Bradley–Terry, as in
+    DPO's ``label_smoothing``): ``-(1 - e) logsigmoid(d) - e logsigmoid(-d)``, minimised at a finite margin.
+    """
+    delta = rewards_chosen - rewards_rejected
+    per_pair = -F.logsigmoid(delta)
+    if label_smoothing:
+        per_pair = (1.0 - label_smoothing) * per_pair - label_smoothing * F.logsigmoid(-delta)
     if weights is None:
         return per_pair.mean()
     weights = weights.to(per_pair.dtype)
@@ -134,6 +150,8 @@ def _weighted_classes():
     class WeightedRewardTrainer(trl.RewardTrainer):
         """``RewardTrainer`` whose loss is the weighted mean of the per-pair Bradley–Terry losses."""
 
+        label_smoothing: float = 0.0  # RewardConfig.label_smoothing (TRL's RewardConfig has no such field)
+
         def _set_signature_columns_if_needed(self) -> None:
             if self._signature_columns is None:
                 self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight", "length"]
@@ -146,7 +164,7 @@ def _weighted_classes():
             rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
             if "margin" in inputs:
                 rewards_chosen = rewards_chosen - inputs["margin"]
-            loss = weighted_bradley_terry_loss(rewards_chosen, rewards_rejected, weights)
+            loss = weighted_bradley_terry_loss(rewards_chosen, rewards_rejected, weights, self.label_smoothing)
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean(
                     (rewards_chosen + rewards_rejected) ** 2
@@ -476,6 +494,7 @@ def build_reward_trainer(model, tokenizer, train_dataset, config: RewardConfig, 
         callbacks=[ProgressBridge(callback, "reward model")],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback
+    trainer.label_smoothing = config.label_smoothing
     return trainer
 
 

@@ -43,6 +43,28 @@ def test_zero_weight_pair_contributes_no_gradient() -> None:
     assert rc.grad[0].item() != 0.0
 
 
+def test_label_smoothing_targets_a_finite_margin() -> None:
+    """Why: a smoothed label (conservative Bradley–Terry) must stop rewarding ever larger margins on a pair
+    whose label may be wrong; at e = 0 it is the plain loss."""
+    rc = torch.tensor([2.0, -1.0])
+    rr = torch.tensor([0.0, 0.0])
+    assert weighted_bradley_terry_loss(rc, rr, label_smoothing=0.0).item() == pytest.approx(
+        weighted_bradley_terry_loss(rc, rr).item())
+    e = 0.1
+    expected = [-(1 - e) * torch.nn.functional.logsigmoid(torch.tensor(d)).item()
+                - e * torch.nn.functional.logsigmoid(torch.tensor(-d)).item() for d in (2.0, -1.0)]
+    assert weighted_bradley_terry_loss(rc, rr, label_smoothing=e).item() == pytest.approx(sum(expected) / 2)
+    # the gradient on the margin vanishes at sigmoid(d) = 1 - e, i.e. d = log((1 - e) / e), not at infinity
+    d = torch.tensor([float(torch.log(torch.tensor((1 - e) / e)))], requires_grad=True)
+    weighted_bradley_terry_loss(d, torch.zeros(1), label_smoothing=e).backward()
+    assert d.grad.abs().item() < 1e-6
+    d_far = torch.tensor([8.0], requires_grad=True)
+    weighted_bradley_terry_loss(d_far, torch.zeros(1), label_smoothing=e).backward()
+    assert d_far.grad.item() > 0  # past the target margin the loss pushes it back down
+    with pytest.raises(ValueError, match="label_smoothing"):
+        RewardConfig(label_smoothing=0.5)
+
+
 def test_config_round_trip_and_validation() -> None:
     cfg = RewardConfig(epochs=2, batch_size=4)
     assert RewardConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -111,6 +133,12 @@ def test_weights_change_the_trainer_loss_and_gradient(tiny_base_path: Path, rm_d
     assert l_13 != pytest.approx(l_11) and l_10 != pytest.approx(l_11)
     assert not torch.allclose(g_10, g_11)
     assert l_20 == pytest.approx(l_10) and torch.allclose(g_20, g_10)  # only pair 0 counts when pair 1 weighs 0
+
+    # the config's label smoothing reaches the trainer's loss (TRL's RewardConfig has no such field)
+    smoothed = build_reward_trainer(model, tok, rows, dataclasses.replace(FAST, label_smoothing=0.2), str(tmp_path))
+    batch = smoothed.data_collator([{**rows[i], "weight": 1.0} for i in range(2)])
+    assert smoothed.label_smoothing == 0.2
+    assert smoothed.compute_loss(model, batch).item() != pytest.approx(l_11)
     # ... and that is exactly pair 0's own unweighted loss
     l_first, g_first = loss_and_grad([1.0])
     assert l_10 == pytest.approx(l_first, rel=1e-5) and torch.allclose(g_10, g_first, atol=1e-6)

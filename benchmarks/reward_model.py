@@ -128,6 +128,11 @@ def run_ours(backbone: str, snapshot: Path, cfg, out: Path) -> dict[str, float]:
             "train_seconds": m["train_seconds"], "test_pairs": m["test_pairs"], "cpu_seconds": cpu_seconds() - cpu0}
 
 
+def mean_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure of several seeds' runs, averaged."""
+    return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+
+
 def summarise(values: list[float]) -> str:
     """``mean ± sd (min–max, n seeds)``: one seed's accuracy on 300 pairs moves by about two points."""
     import statistics
@@ -197,13 +202,13 @@ def main() -> int:
         print(f"{name:>8} budget: epochs {cfg.epochs:g}, max_length {cfg.max_length}; ours lr {cfg.learning_rate:g}, "
               f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, freeze_layers {cfg.freeze_layers}")
         for who, runs in res.items():
-            mean = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+            mean = mean_run(runs)
             print(f"{name:>8} {who:>5}: held-out accuracy {summarise([r['accuracy'] for r in runs])} on "
                   f"{int(mean['test_pairs'])} pairs, {mean['pairs_per_second']:.2f} pairs/s "
                   f"({int(mean['train_pairs'])} train pairs, {mean['train_seconds']:.0f} s train wall, "
                   f"{mean['cpu_seconds']:.0f} CPU s for the whole run{', mean per seed' if len(runs) > 1 else ''})")
         if len(res) == 2:
-            o, s = ({k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} for runs in (res["ours"], res["stock"]))
+            o, s = mean_run(res["ours"]), mean_run(res["stock"])
             print(f"{name:>8} ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "
                   f"throughput x{o['pairs_per_second'] / max(s['pairs_per_second'], 1e-9):.2f}, "
                   f"CPU s x{s['cpu_seconds'] / max(o['cpu_seconds'], 1e-9):.2f} fewer")

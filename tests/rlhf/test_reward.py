@@ -133,15 +133,15 @@ def test_weights_change_the_trainer_loss_and_gradient(tiny_base_path: Path, rm_d
     assert l_13 != pytest.approx(l_11) and l_10 != pytest.approx(l_11)
     assert not torch.allclose(g_10, g_11)
     assert l_20 == pytest.approx(l_10) and torch.allclose(g_20, g_10)  # only pair 0 counts when pair 1 weighs 0
+    # ... and that is exactly pair 0's own unweighted loss
+    l_first, g_first = loss_and_grad([1.0])
+    assert l_10 == pytest.approx(l_first, rel=1e-5) and torch.allclose(g_10, g_first, atol=1e-6)
 
     # the config's label smoothing reaches the trainer's loss (TRL's RewardConfig has no such field)
     smoothed = build_reward_trainer(model, tok, rows, dataclasses.replace(FAST, label_smoothing=0.2), str(tmp_path))
     batch = smoothed.data_collator([{**rows[i], "weight": 1.0} for i in range(2)])
     assert smoothed.label_smoothing == 0.2
     assert smoothed.compute_loss(model, batch).item() != pytest.approx(l_11)
-    # ... and that is exactly pair 0's own unweighted loss
-    l_first, g_first = loss_and_grad([1.0])
-    assert l_10 == pytest.approx(l_first, rel=1e-5) and torch.allclose(g_10, g_first, atol=1e-6)
 
 
 @pytest.mark.ml

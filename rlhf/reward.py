@@ -14,6 +14,7 @@ subject, context + [user prompt])`` and ``chosen``/``rejected`` = the replies (T
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 Callback = Callable[[dict[str, Any]], None]
 
 REQUIRED_COLUMNS = ("prompt", "context", "chosen", "rejected", "weight", "subject")
+POOLINGS = ("head", "mean")  # RewardConfig.pooling
 
 
 @dataclass
@@ -65,6 +67,10 @@ class RewardConfig:
     # freeze the token embeddings and the lowest N transformer layers (0: train everything). With a pretrained
     # encoder and a thousand pairs the lower layers only overfit; frozen, they also cost no backward pass.
     freeze_layers: int = 0
+    # what the scalar head reads: "head" = the architecture's own (a decoder's last token; BERT's [CLS] through its
+    # pooler), "mean" = the masked mean of the last hidden states (BERT-family encoders only). Sentence encoders such
+    # as all-MiniLM-L6-v2 were trained to mean-pool: their [CLS] state and pooler never learnt to summarise a text.
+    pooling: str = "head"
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.max_length < 8:
@@ -73,6 +79,11 @@ class RewardConfig:
             raise ValueError("freeze_layers must be >= 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "mean" and self.backbone.split(":")[0] == "demo":  # other paths: checked on load
+            raise ValueError("pooling='mean' needs a BERT-family encoder (e.g. backbone='minilm'); the demo model "
+                             "is a decoder: use pooling='head'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -345,19 +356,66 @@ def uses_special_tokens(tokenizer) -> bool:
     return getattr(tokenizer, "cls_token", None) is not None
 
 
-def load_reward_backbone(path_or_id: str, seed: int = 0):
-    """A ``num_labels=1`` sequence classifier (a causal-LM checkpoint gets a fresh scalar head) + tokenizer."""
+@functools.cache
+def mean_pooled_classifier():
+    """``BertForSequenceClassification`` whose head reads the masked mean of the last hidden states.
+
+    Why: all-MiniLM-L6-v2 was trained (by sentence-transformers) to mean-pool; its [CLS] state and BERT pooler
+    (dense + tanh, left from the base model) never learnt to summarise a text. Same weight names as the stock
+    class (``bert.*``, ``classifier.*``) minus the pooler, so it loads the packaged encoder and saves a checkpoint
+    that ``RewardScorer`` reloads through ``RewardConfig.pooling`` (the artefact's manifest).
+    """
+    from transformers import BertForSequenceClassification
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPooledBertForSequenceClassification(BertForSequenceClassification):
+        _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            self.bert.pooler = None  # unused: no dead parameters in the optimiser, none in the checkpoint
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **_unused):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            mask = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # padding does not move the reward
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+
+    return MeanPooledBertForSequenceClassification
+
+
+def _classifier_class(path_or_id: str, pooling: str):
+    """The class that builds a reward model with ``pooling`` over ``path_or_id`` (a clear error when it can't)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if pooling == "head":
+        return AutoModelForSequenceClassification
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    model_type = AutoConfig.from_pretrained(path_or_id).model_type
+    if model_type != "bert":
+        raise ValueError(f"pooling='mean' needs a BERT-family encoder (e.g. backbone='minilm'); {path_or_id} is a "
+                         f"{model_type!r} model: use pooling='head'")
+    return mean_pooled_classifier()
+
+
+def load_reward_backbone(path_or_id: str, seed: int = 0, pooling: str = "head"):
+    """A ``num_labels=1`` sequence classifier (a causal-LM checkpoint gets a fresh scalar head) + tokenizer;
+    ``pooling`` as in ``RewardConfig.pooling``."""
     import os
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_seed(seed)  # the new head's initialisation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        model_class = _classifier_class(path_or_id, pooling)
         with suppress_seqcls_warning():
-            model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32)
+            model = model_class.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32)
     except OSError as exc:
         raise FileNotFoundError(
             f"reward backbone {path_or_id!r} is not available offline: pass a local directory, or pre-populate "
@@ -405,7 +463,7 @@ class RewardScorer:
     """Loads a verified reward-model artefact and scores (subject, prompt, response) triples."""
 
     def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 32) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from rlhf.manifest import verify
 
@@ -414,7 +472,8 @@ class RewardScorer:
         if self.manifest.get("kind") != "reward_model":
             raise ValueError(f"{self.path} is a {self.manifest.get('kind')!r} artefact, not a reward_model")
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+        pooling = self.manifest.get("config", {}).get("pooling", "head")  # artefacts from before pooling: "head"
+        self.model = _classifier_class(str(self.path), pooling).from_pretrained(self.path, dtype=torch.float32)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(device).eval()
         self.batch_size = batch_size
@@ -525,7 +584,7 @@ def train_reward_model(
     ds = load_preference_dataset(dataset_path)  # validate before any heavy work
     data_sha = dataset_hash(dataset_path)
     backbone, base_sha, base_id = resolve_backbone(config.backbone)
-    model, tokenizer = load_reward_backbone(backbone, seed=config.seed)
+    model, tokenizer = load_reward_backbone(backbone, seed=config.seed, pooling=config.pooling)
     freeze_lower_layers(model, config.freeze_layers)
     train = tokenize_pairs(ds["train"], tokenizer, config.max_length, config.use_weights)
     test = ds["test"] if "test" in ds and len(ds["test"]) else None

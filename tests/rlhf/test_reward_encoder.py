@@ -167,3 +167,52 @@ def test_freezing_finds_the_layers_of_the_demo_decoder_too(tiny_base_path: Path)
     assert trainable < total and not model.base_model.word_embeddings.weight.requires_grad
     assert not any(p.requires_grad for p in model.base_model.h[0].parameters())
     assert all(p.requires_grad for p in model.base_model.h[-1].parameters())
+
+
+def test_mean_pooling_reads_every_token_and_no_padding() -> None:
+    """Why: all-MiniLM-L6-v2 was trained to mean-pool (its [CLS] and pooler never learnt to summarise), and a
+    mean that counted padding would give a reply a different reward in a batch with a longer one."""
+    from rlhf.reward import load_reward_backbone, resolve_backbone, score_texts
+
+    model, tok = load_reward_backbone(resolve_backbone("minilm")[0], pooling="mean")
+    assert model.bert.pooler is None and not any("pooler" in n for n, _ in model.named_parameters())
+    short, long = "The Egyptians built them.", "The pyramids were built by the ancient Egyptians " * 8
+    alone = score_texts(model, tok, [short])[0]
+    batched = score_texts(model, tok, [short, long])
+    assert batched[0] == pytest.approx(alone, abs=1e-5) and batched[1] != pytest.approx(alone, abs=1e-3)
+    enc = tok([short], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.bert(**enc).last_hidden_state
+        expected = model.classifier(hidden.mean(1))[0, 0].item()
+    assert alone == pytest.approx(expected, abs=1e-5)
+
+
+def test_mean_pooling_is_refused_for_a_decoder_and_unknown_poolings(tiny_base_path: Path) -> None:
+    from rlhf.reward import load_reward_backbone
+
+    with pytest.raises(ValueError, match="BERT-family encoder"):
+        load_reward_backbone(str(tiny_base_path), pooling="mean")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        RewardConfig(pooling="max")
+    with pytest.raises(ValueError, match="BERT-family encoder"):  # refused at launch, before any training
+        RewardConfig(pooling="mean")
+
+
+@pytest.mark.ml
+def test_a_mean_pooled_reward_model_reloads_as_it_was_trained(pairs: Path, tmp_path: Path) -> None:
+    """Why: the pooling lives in the artefact's manifest; a scorer that reloaded the stock [CLS] head would
+    score with an untrained pooler and no error."""
+    import dataclasses
+
+    from datasets import load_from_disk
+
+    from rlhf.manifest import verify
+    from rlhf.reward import RewardScorer, mean_pooled_classifier, pairwise_accuracy, train_reward_model
+
+    metrics = train_reward_model(pairs, tmp_path / "rm", dataclasses.replace(ENCODER, pooling="mean"))
+    assert verify(tmp_path / "rm")["config"]["pooling"] == "mean"
+    scorer = RewardScorer(tmp_path / "rm")
+    assert isinstance(scorer.model, mean_pooled_classifier())
+    again = pairwise_accuracy(scorer.model, scorer.tokenizer, load_from_disk(str(pairs))["test"], 32, 96)
+    assert again["accuracy"] == metrics["accuracy"]
+    assert again["mean_margin"] == pytest.approx(metrics["mean_margin"], abs=1e-5)

@@ -67,6 +67,7 @@ def test_defaults_carry_the_algorithm_and_the_alt_section() -> None:
         ({"alt": {"nonsense": 1}}, "unknown config field 'alt.nonsense'"),
         ({"alt": {"algo": "dpo"}}, "top-level 'algorithm'"),
         ({"algorithm": "grpo", "alt": {"steps": 0}}, "invalid alt config for grpo"),
+        ({"reward": {"pooling": "mean"}}, "needs a BERT-family encoder"),  # the demo backbone is a decoder
     ],
 )
 def test_bad_algorithm_config_is_refused_and_creates_nothing(client, models_dir, config, message) -> None:

@@ -56,9 +56,10 @@ def split_dialogue(text: str) -> tuple[list[dict[str, str]], str, str]:
     return turns[:-2], turns[-2]["content"], turns[-1]["content"]
 
 
-def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300) -> Path:
+def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300, fold: tuple[int, int] | None = None) -> Path:
     """HH-RLHF pairs -> our snapshot schema (docs/architecture.md); the first n_train rows train, the next
-    n_test are held out."""
+    n_test are held out. ``fold=(k, K)``: the first n_train rows only, cut into K equal folds; fold k is held
+    out and the other K - 1 train (cross-validation, which never touches the test pairs)."""
     from datasets import Dataset, DatasetDict
 
     rows = []
@@ -71,8 +72,12 @@ def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300) -> Path:
                 continue
             rows.append({"prompt": prompt, "context": json.dumps(context), "chosen": chosen, "rejected": rejected,
                          "weight": 1.0, "subject": "general_knowledge", "source": f"hh-rlhf:{i}"})
-    DatasetDict({"train": Dataset.from_list(rows[:n_train]), "test": Dataset.from_list(rows[n_train:n_train + n_test])}).save_to_disk(
-        str(out))
+    train, test = rows[:n_train], rows[n_train:n_train + n_test]
+    if fold is not None:
+        k, folds = fold
+        size = n_train // folds
+        train, test = rows[:k * size] + rows[(k + 1) * size:folds * size], rows[k * size:(k + 1) * size]
+    DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(str(out))
     return out
 
 
@@ -109,12 +114,13 @@ def run_stock(backbone: str, snapshot: Path, epochs: float, max_length: int, see
 
 
 def ours_config(name: str, epochs: float | None, max_length: int | None, lr: float | None, seed: int,
-                freeze_layers: int | None = None):
+                freeze_layers: int | None = None, pooling: str | None = None):
     """Ours for a backbone: its recommended settings (``RewardConfig.for_backbone``), the command line's overrides."""
     from rlhf.reward import BACKBONE_DEFAULTS, RewardConfig
 
     bench = {} if name in BACKBONE_DEFAULTS else {"epochs": 1.0, "max_length": 320}  # the demo's benchmark budget
-    given = {"epochs": epochs, "max_length": max_length, "learning_rate": lr, "freeze_layers": freeze_layers}
+    given = {"epochs": epochs, "max_length": max_length, "learning_rate": lr, "freeze_layers": freeze_layers,
+             "pooling": pooling}
     bench.update({k: v for k, v in given.items() if v is not None})
     return RewardConfig.for_backbone(name, **bench, seed=seed, logging_steps=50)
 
@@ -133,14 +139,14 @@ def mean_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
 
 
-def summarise(values: list[float]) -> str:
+def summarise(values: list[float], unit: str = "seeds") -> str:
     """``mean ± sd (min–max, n seeds)``: one seed's accuracy on 300 pairs moves by about two points."""
     import statistics
 
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} sd "
-            f"({min(values):.3f}–{max(values):.3f}, {len(values)} seeds)")
+            f"({min(values):.3f}–{max(values):.3f}, {len(values)} {unit})")
 
 
 def main() -> int:
@@ -153,11 +159,16 @@ def main() -> int:
     parser.add_argument("--seeds", default="0",
                         help="comma-separated training seeds (head init, data order, dropout); each is a full run and "
                              "the summary gives mean ± sd, since one seed's accuracy moves by about two points")
+    parser.add_argument("--pooling", choices=("head", "mean"), default=None,
+                        help="ours: what the scalar head reads (RewardConfig.pooling; default: the backbone's)")
     parser.add_argument("--freeze-layers", type=int, default=None,
                         help="ours: freeze the embeddings and the lowest N layers (default: the backbone's)")
     parser.add_argument("--only", choices=("ours", "stock"), default=None)
     parser.add_argument("--train-pairs", type=int, default=1200, help="the first N pairs train")
     parser.add_argument("--test-pairs", type=int, default=300, help="the next N are scored (1000/200: validation)")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="K-fold cross-validation on the train pairs instead of the test split: each seed runs K "
+                             "times, each fold of train_pairs/K held out once (for choosing settings; 0: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
     if not DATA.exists():
@@ -169,6 +180,8 @@ def main() -> int:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds: give at least one seed")
+    if args.folds == 1 or args.folds < 0 or args.folds > args.train_pairs:
+        parser.error("--folds must be 0 (off) or between 2 and --train-pairs")
     import torch
 
     from rlhf.models import resolve_base_path
@@ -178,35 +191,45 @@ def main() -> int:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     configs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        snapshot = build_snapshot(Path(tmp) / "hh", args.train_pairs, args.test_pairs)
+        if args.folds:
+            snapshots = [build_snapshot(Path(tmp) / f"hh-fold{k}", args.train_pairs, fold=(k, args.folds))
+                         for k in range(args.folds)]
+        else:
+            snapshots = [build_snapshot(Path(tmp) / "hh", args.train_pairs, args.test_pairs)]
         for name in [b.strip() for b in args.backbone.split(",") if b.strip()]:
             encoder = name in ENCODER_BACKBONES
             backbone = str(encoder_backbone_path(name) if encoder else resolve_base_path(name))
             res = results[name] = {}
             for seed in seeds:
-                cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, seed, args.freeze_layers)
+                cfg = configs[name] = ours_config(name, args.epochs, args.max_length, args.lr, seed, args.freeze_layers,
+                                                  args.pooling)
                 print(f"{name} ours config", json.dumps(cfg.to_dict()), flush=True)
-                if args.only != "stock":
-                    r = run_ours(backbone, snapshot, cfg, Path(tmp) / f"rm-{name}-{seed}")
-                    res.setdefault("ours", []).append(r)
-                    print(f"{name} ours  seed {seed}", json.dumps(r), flush=True)
-                if args.only != "ours":
-                    r = run_stock(backbone, snapshot, cfg.epochs, cfg.max_length, seed)
-                    res.setdefault("stock", []).append(r)
-                    print(f"{name} stock seed {seed}", json.dumps(r), flush=True)
-    print(f"train_pairs={args.train_pairs} test_pairs={args.test_pairs} seeds={seeds} "
+                for k, snapshot in enumerate(snapshots):
+                    run = f"seed {seed}" + (f" fold {k}/{args.folds}" if args.folds else "")
+                    if args.only != "stock":
+                        r = run_ours(backbone, snapshot, cfg, Path(tmp) / f"rm-{name}-{seed}-{k}")
+                        res.setdefault("ours", []).append(r)
+                        print(f"{name} ours  {run}", json.dumps(r), flush=True)
+                    if args.only != "ours":
+                        r = run_stock(backbone, snapshot, cfg.epochs, cfg.max_length, seed)
+                        res.setdefault("stock", []).append(r)
+                        print(f"{name} stock {run}", json.dumps(r), flush=True)
+    held_out = f"folds={args.folds} (cross-validation on the train pairs)" if args.folds else f"test_pairs={args.test_pairs}"
+    print(f"train_pairs={args.train_pairs} {held_out} seeds={seeds} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
           f"load average {os.getloadavg()[0]:.1f}")
     for name, res in results.items():
         cfg = configs[name]
         print(f"{name:>8} budget: epochs {cfg.epochs:g}, max_length {cfg.max_length}; ours lr {cfg.learning_rate:g}, "
-              f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, freeze_layers {cfg.freeze_layers}")
+              f"batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, freeze_layers {cfg.freeze_layers}, "
+              f"pooling {cfg.pooling}")
         for who, runs in res.items():
             mean = mean_run(runs)
-            print(f"{name:>8} {who:>5}: held-out accuracy {summarise([r['accuracy'] for r in runs])} on "
+            unit = "runs: seeds x folds" if args.folds else "seeds"
+            print(f"{name:>8} {who:>5}: held-out accuracy {summarise([r['accuracy'] for r in runs], unit)} on "
                   f"{int(mean['test_pairs'])} pairs, {mean['pairs_per_second']:.2f} pairs/s "
                   f"({int(mean['train_pairs'])} train pairs, {mean['train_seconds']:.0f} s train wall, "
-                  f"{mean['cpu_seconds']:.0f} CPU s for the whole run{', mean per seed' if len(runs) > 1 else ''})")
+                  f"{mean['cpu_seconds']:.0f} CPU s for the whole run{', mean per run' if len(runs) > 1 else ''})")
         if len(res) == 2:
             o, s = mean_run(res["ours"]), mean_run(res["stock"])
             print(f"{name:>8} ratio ours/stock: accuracy x{o['accuracy'] / max(s['accuracy'], 1e-9):.3f}, "

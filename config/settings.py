@@ -323,6 +323,10 @@ FEEDBACK_IMPLICIT_MAX_PAIRS_PER_PROMPT = int_var("FEEDBACK_IMPLICIT_MAX_PAIRS_PE
 
 # --- training (pipeline) ----------------------------------------------------------------------------
 TRAINING_MIN_NEW_PAIRS = int_var("TRAINING_MIN_NEW_PAIRS", 200, minimum=1)
+# the pipeline's default reward backbone (a launch config's "reward": {"backbone": ...} still wins): "minilm", the
+# packaged English encoder, measured the better proxy on the demo loop (docs/ppo.md); "demo" trains the reward
+# model on the policy's own base (the tests, which run on a tiny base)
+TRAINING_REWARD_BACKBONE = env.str("TRAINING_REWARD_BACKBONE", default="minilm").strip() or "minilm"
 # how often beat checks for new pairs (a count query; the studio's schedule editor changes it). 60 s: the demo
 # tour starts its pipeline within a minute of reaching the threshold
 TRAINING_SCHEDULE_SECONDS = int_var("TRAINING_SCHEDULE_SECONDS", 60, minimum=1)

@@ -16,3 +16,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HEALTHZ_CHECK_ENDPOINT", "false")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright runs an event loop in the test thread
+# pipelines in tests train their reward model on the tiny base, in seconds (the product's default is the MiniLM
+# encoder; tests/rlhf/test_reward_encoder.py trains it, tests/training/test_per_subject.py checks the default)
+os.environ.setdefault("TRAINING_REWARD_BACKBONE", "demo")

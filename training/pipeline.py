@@ -78,7 +78,7 @@ def default_pipeline_config() -> dict[str, Any]:
 
     return {
         "snapshot": {"scope": "new", "include_imported": True},
-        "reward": RewardConfig().to_dict(),
+        "reward": RewardConfig.for_backbone(settings.TRAINING_REWARD_BACKBONE).to_dict(),
         "algorithm": "ppo",
         "ppo": PPOConfig().to_dict(),
         "alt": alt_defaults(),

@@ -161,3 +161,19 @@ def test_a_reward_backbone_brings_its_recommended_settings_and_given_ones_win() 
     mine = pipeline.validate_pipeline_config({"reward": {"backbone": "minilm", "learning_rate": 3e-5}})
     assert mine["reward"]["learning_rate"] == 3e-5 and mine["reward"]["epochs"] == minilm.epochs
     assert pipeline.validate_pipeline_config({})["reward"] == RewardConfig().to_dict()
+
+
+def test_the_default_reward_backbone_comes_from_the_settings(settings) -> None:
+    """Why: the product's default is the MiniLM encoder (the better proxy on the demo loop) while the tests run
+    on a tiny base (``TRAINING_REWARD_BACKBONE=demo`` in tests/env.py); both must give a complete config."""
+    from rlhf.reward import RewardConfig
+
+    assert pipeline.validate_pipeline_config({})["reward"] == RewardConfig().to_dict()  # the tests' "demo"
+    settings.TRAINING_REWARD_BACKBONE = "minilm"
+    minilm = RewardConfig.for_backbone("minilm")
+    assert pipeline.default_pipeline_config()["reward"] == minilm.to_dict()
+    assert pipeline.validate_pipeline_config({})["reward"] == minilm.to_dict()
+    assert minilm.pooling == "mean" and minilm.freeze_layers == 3
+    short = pipeline.validate_pipeline_config({"reward": {"epochs": 1.0}})["reward"]
+    assert short == {**minilm.to_dict(), "epochs": 1.0}  # a field given alone merges over the encoder's settings
+    assert pipeline.validate_pipeline_config({"reward": {"backbone": "demo"}})["reward"] == RewardConfig().to_dict()

@@ -30,6 +30,7 @@ judgements per seed rather than 200, for choosing settings.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -58,12 +59,9 @@ def split_dialogue(text: str) -> tuple[list[dict[str, str]], str, str]:
     return turns[:-2], turns[-2]["content"], turns[-1]["content"]
 
 
-def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300, fold: tuple[int, int] | None = None) -> Path:
-    """HH-RLHF pairs -> our snapshot schema (docs/architecture.md); the first n_train rows train, the next
-    n_test are held out. ``fold=(k, K)``: the first n_train rows only, cut into K equal folds; fold k is held
-    out and the other K - 1 train (cross-validation, which never touches the test pairs)."""
-    from datasets import Dataset, DatasetDict
-
+@functools.cache
+def hh_rows() -> tuple[dict[str, str | float], ...]:
+    """The shared HH-RLHF pairs in our snapshot schema, read once per process (K folds reuse them)."""
     rows = []
     with gzip.open(DATA, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -74,6 +72,16 @@ def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300, fold: tupl
                 continue
             rows.append({"prompt": prompt, "context": json.dumps(context), "chosen": chosen, "rejected": rejected,
                          "weight": 1.0, "subject": "general_knowledge", "source": f"hh-rlhf:{i}"})
+    return tuple(rows)
+
+
+def build_snapshot(out: Path, n_train: int = 1200, n_test: int = 300, fold: tuple[int, int] | None = None) -> Path:
+    """HH-RLHF pairs -> our snapshot schema (docs/architecture.md); the first n_train rows train, the next
+    n_test are held out. ``fold=(k, K)``: the first n_train rows only, cut into K equal folds; fold k is held
+    out and the other K - 1 train (cross-validation, which never touches the test pairs)."""
+    from datasets import Dataset, DatasetDict
+
+    rows = list(hh_rows())
     train, test = rows[:n_train], rows[n_train:n_train + n_test]
     if fold is not None:
         k, folds = fold

@@ -41,7 +41,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.labeling import free_port, pct, run_level, setup, start_web, stop_web  # noqa: E402
+from benchmarks.labeling import free_port, labeler_client, pct, run_level, setup, start_web, stop_web  # noqa: E402
 
 LS_DIR = ROOT / "var" / "label-studio"
 LS_USER = "bench@example.org"
@@ -182,12 +182,14 @@ async def ls_annotator(client: httpx.AsyncClient, project: int, mine: list[int],
 async def ls_level(url: str, token: str, project: int, task_ids: list[int], n: int, per: int, seconds: float) -> dict:
     stats = {"next": [], "submit": [], "errors": [], "created": []}
     slices = [task_ids[i * per:(i + 1) * per] for i in range(n)]
-    limits = httpx.Limits(max_connections=n + 5)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=60,
-                                 limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:  # one connection per annotator, as ours (labeler_client)
+        slices = [s for s in slices if s]
+        clients = [await stack.enter_async_context(labeler_client(url, {"Authorization": f"Token {token}"}))
+                   for _ in slices]
         t0 = time.perf_counter()
         deadline = time.monotonic() + seconds
-        await asyncio.gather(*(ls_annotator(client, project, s, deadline, stats) for s in slices if s))
+        await asyncio.gather(*(ls_annotator(client, project, s, deadline, stats)
+                               for client, s in zip(clients, slices, strict=True)))
         stats["wall"] = time.perf_counter() - t0
     return stats
 

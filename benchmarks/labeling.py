@@ -8,7 +8,10 @@ Set-ups (each on a freshly flushed and seeded database, not timed):
 
 * ``old``: one uvicorn process (``uvicorn config.asgi:application``, the Procfile's ``web`` of today), no pool;
 * ``new``: gunicorn with ``--web-concurrency`` uvicorn workers and a psycopg pool of ``--pool`` connections
-  per worker (``config/gunicorn_conf.py``, Procfile.prod ``web-prod``).
+  per worker (``config/gunicorn_conf.py``, Procfile.prod ``web-prod``);
+* ``granian`` (``--setups old new granian``): the same ASGI application, workers and pool served by Granian
+  (Rust HTTP server, ``--interface asginl``), the other server the issue names; it is not a dependency of the
+  project: ``.venv/bin/pip install 'granian>=2,<3'`` first (the set-up says so when it is missing).
 
 ``--tasks`` tasks (K=4, overlap 2) and one token-authenticated labeler per concurrent slot are created.
 Each simulated labeler loops POST /api/label/next/ -> POST /api/label/tasks/<id>/submit/ (as the
@@ -31,8 +34,11 @@ Two paces (``--think``, one row each; several values run one after the other on 
   measured rate); the latencies are what each click sees at that load. S = 5 is faster than anybody
   ranks four completions (tens of seconds), so it overstates the load of N real labelers.
 
-Per row also: the web tier's CPU ms per submission (``/proc``, user + system of the server and its
-workers): a figure that does not depend on how busy the machine is, unlike the latencies.
+Per row also: where the machine's cores went, in CPU ms per submission (``/proc``): the web tier (the
+server and all its descendants), PostgreSQL (its live processes plus the exited backends the postmaster
+reaped), and this load generator itself; then the cores they kept busy and the whole machine's busy cores
+(``/proc/stat``). These do not depend on how busy the machine is, unlike the latencies, and they bound
+the throughput: on C cores, submissions/s <= C / (web + database + load generator CPU per submission).
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ def setup(var_dir: Path, n_tasks: int, n_labelers: int) -> list[tuple[int, str]]
         for i in range(n_labelers):
             user = create_user(username=f"bench-lab-{i}", password="x", role="labeler", validate_password=False)
             labelers.append((user.id, Token.objects.create(user=user).key))
+    if connection.vendor == "postgresql":
+        # Statistics, as a deployment's tables have them. Freshly seeded tables have none until autovacuum's next
+        # round (up to a minute): the planner then takes the 1,000-task queue for one row and nests loops over it
+        # (the labeler's progress query: 4.9 ms instead of 0.4), which inflated the first level's database CPU.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     connection.close()
     return labelers
 
@@ -100,8 +112,24 @@ def web_command(setup_name: str, port: int, workers: int) -> tuple[list[str], di
     if setup_name == "old":
         return ([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
                  str(port), "--no-access-log", "--log-level", "warning"], {"DB_POOL_MAX_SIZE": "0"})
+    if setup_name == "granian":
+        # asginl: Django's ASGI handler refuses lifespan scopes; one blocking thread is what Granian runs
+        # sync code on (none here: Django hops to its own thread pool, config/asgi_handler.py)
+        return ([sys.executable, "-m", "granian", "--interface", "asginl", "--workers", str(workers), "--host",
+                 "127.0.0.1", "--port", str(port), "--no-ws", "--loop", "uvloop", "--log-level", "warning",
+                 "--no-access-log", "config.asgi:application"], {})
     return ([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py", "config.asgi:application"],
             {"WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers), "WEB_LOG_LEVEL": "warning"})
+
+
+def check_setup(name: str) -> None:
+    """Exit with how to install a server the set-up needs and this venv lacks."""
+    if name == "granian":
+        import importlib.util
+
+        if importlib.util.find_spec("granian") is None:
+            raise SystemExit("the granian set-up needs Granian, which is not a dependency of the project: "
+                             ".venv/bin/pip install 'granian>=2,<3' (or leave granian out of --setups)")
 
 
 def start_web(setup_name: str, workers: int, pool: int) -> tuple[subprocess.Popen, str]:
@@ -133,21 +161,62 @@ def stop_web(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 onwards), or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return [text[text.index("(") + 1:text.rindex(")")]] + text.rsplit(")", 1)[1].split()
+
+
+def descendants(root: int) -> list[int]:
+    """The process and all its descendants, through every thread's children (Granian forks from a Rust
+    thread, gunicorn from its main thread)."""
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+    return seen
+
+
+def _ticks(fields: list[str] | None, reaped: bool = False) -> int:
+    if fields is None:
+        return 0
+    # fields[0] is comm; utime, stime, cutime, cstime are stat fields 14-17 (here 12-15)
+    return int(fields[12]) + int(fields[13]) + ((int(fields[14]) + int(fields[15])) if reaped else 0)
+
+
 def cpu_seconds(root: int) -> float:
-    """User + system CPU of a server process and its children (gunicorn's workers), from /proc.
+    """User + system CPU of a server process and its descendants (gunicorn's or Granian's workers), from /proc.
 
     The per-submission CPU cost does not depend on how busy the machine is, unlike the latencies."""
-    pids = [root]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
+    return sum(_ticks(_stat(pid)) for pid in descendants(root)) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the local PostgreSQL server: its live processes, plus what the postmaster has reaped of
+    exited backends (a connection per request ends its backend), 0 when it is not on this machine."""
     total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        fields = _stat(int(entry.name))
+        if fields is None or fields[0] != "postgres":
+            continue
+        parent = _stat(int(fields[2]))
+        total += _ticks(fields, reaped=parent is None or parent[0] != "postgres")
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (/proc/stat), to show what else ran meanwhile."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -216,17 +285,26 @@ async def labeler(client: httpx.AsyncClient, token: str, quota: list[int], deadl
             return
 
 
+def labeler_client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """One keep-alive connection per simulated labeler, as each browser has its own.
+
+    One client shared by 50 labelers cost the load generator 13-17 ms of CPU per submission (httpcore scans
+    its pool on every request), a third of what the server under test got on a 2-core machine."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers)
+
+
 async def run_level(url: str, tokens: list[str], submissions: int, seconds: float, label: str,
                     think: float = 0.0, dist: str = "exp", seed: int = 0) -> dict:
     stats = {"next": [], "submit": [], "errors": [], "created": []}
     quota = [submissions]
-    limits = httpx.Limits(max_connections=len(tokens) + 5, max_keepalive_connections=len(tokens) + 5)
     with tqdm(total=submissions, desc=label, unit="sub", leave=False) as bar:
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(labeler_client(url)) for _ in tokens]
             t0 = stats["last"] = time.perf_counter()
             deadline = time.monotonic() + seconds
             await asyncio.gather(*(labeler(client, tok, quota, deadline, stats, bar, think, dist, seed)
-                                   for tok in tokens))
+                                   for client, tok in zip(clients, tokens, strict=True)))
             # up to the last answer: a labeler's final think, cut short by the deadline, is not measured time
             stats["wall"] = max(1e-9, stats["last"] - t0)
     return stats
@@ -251,10 +329,10 @@ def main() -> None:
     ap.add_argument("--submissions", type=int, default=600, help="submissions per level (at most)")
     ap.add_argument("--seconds", type=float, default=60, help="time cap per level")
     ap.add_argument("--tasks", type=int, default=1500)
-    ap.add_argument("--setups", nargs="+", choices=["old", "new"], default=["old", "new"])
+    ap.add_argument("--setups", nargs="+", choices=["old", "new", "granian"], default=["old", "new"])
     ap.add_argument("--web-concurrency", type=int, default=None,
-                    help="gunicorn workers of the new set-up (default: config/gunicorn_conf.py's 2 x cores + 1)")
-    ap.add_argument("--pool", type=int, default=4, help="psycopg pool size per worker (new set-up)")
+                    help="workers of the new and granian set-ups (default: config/gunicorn_conf.py's 2 x cores + 1)")
+    ap.add_argument("--pool", type=int, default=4, help="psycopg pool size per worker (new and granian set-ups)")
     ap.add_argument("--think", type=float, nargs="+", default=[0.0],
                     help="mean think time (s) before each submit and each next; 0 = saturation (closed loop, no "
                          "pause: the default, as the numbers before); several values = one row each")
@@ -262,6 +340,8 @@ def main() -> None:
                     help="think time distribution: exponential of that mean, or uniform on [mean/2, 3 mean/2]")
     ap.add_argument("--seed", type=int, default=0, help="seeds the think times and the rankings")
     args = ap.parse_args()
+    for name in args.setups:
+        check_setup(name)
     from config.gunicorn_conf import default_workers
 
     workers = args.web_concurrency or default_workers()
@@ -280,10 +360,11 @@ def main() -> None:
             from django.db import connection
 
             desc = "1 uvicorn process, no pool" if name == "old" else \
-                f"gunicorn, {workers} uvicorn workers, pool {args.pool}/worker"
+                f"{'gunicorn' if name == 'new' else 'granian'}, {workers} " \
+                f"{'uvicorn ' if name == 'new' else ''}workers, pool {args.pool}/worker"
             print(f"== {name}: {desc}; database {connection.vendor}; cpus {os.cpu_count()}; "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
-            proc, url = start_web(name, workers, args.pool if name == "new" else 0)
+            proc, url = start_web(name, workers, 0 if name == "old" else args.pool)
             created: list[int] = []
             try:
                 offset = 0
@@ -291,11 +372,16 @@ def main() -> None:
                     for level in args.levels:
                         tokens = [tok for _, tok in labelers[offset:offset + level]]
                         offset += level
-                        cpu0 = cpu_seconds(proc.pid)
+                        cpu0, db0, gen0, busy0 = (cpu_seconds(proc.pid), postgres_cpu_seconds(),
+                                                  time.process_time(), machine_busy_seconds())
                         s = asyncio.run(run_level(url, tokens, args.submissions, args.seconds,
                                                   f"{name} think {think:g} x{level}", think, args.think_dist,
                                                   args.seed))
-                        s["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, len(s["created"]))
+                        per = 1000 / max(1, len(s["created"]))
+                        s["cpu_ms"] = (cpu_seconds(proc.pid) - cpu0) * per
+                        s["db_ms"] = (postgres_cpu_seconds() - db0) * per
+                        s["gen_ms"] = (time.process_time() - gen0) * per
+                        s["busy_s"] = machine_busy_seconds() - busy0
                         s["load"] = os.getloadavg()[0]
                         created += s["created"]
                         s["rate"] = len(s["created"]) / s["wall"]
@@ -309,17 +395,23 @@ def main() -> None:
                               f"web CPU {s['cpu_ms']:.1f} ms/submission | "
                               f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
                               f"{s['errors'][:2]} | load {s['load']:.1f}", flush=True)
+                        ours = (s["cpu_ms"] + s["db_ms"] + s["gen_ms"]) / per / s["wall"]
+                        print(f"{'':>12} CPU ms/submission: web {s['cpu_ms']:.1f}, PostgreSQL {s['db_ms']:.1f}, "
+                              f"load generator {s['gen_ms']:.1f}; cores busy: these {ours:.2f}, machine "
+                              f"{s['busy_s'] / s['wall']:.2f} of {os.cpu_count()}; ceiling at this CPU cost "
+                              f"{os.cpu_count() * 1000 / (s['cpu_ms'] + s['db_ms'] + s['gen_ms']):.0f} "
+                              f"submissions/s", flush=True)
             finally:
                 stop_web(proc)
             check = integrity(created)
             print(f"   integrity: clients saw {check['seen']} created, database holds {check['stored']}; "
                   f"lost {check['lost']}, duplicated {check['duplicated']}, over-labeled tasks "
                   f"{check['over_labeled']}", flush=True)
-        if {"old", "new"} <= set(args.setups):
-            print("== new / old (same run)")
+        for other in [name for name in ("new", "granian") if name in args.setups and "old" in args.setups]:
+            print(f"== {other} / old (same run)")
             for think in args.think:
                 for level in args.levels:
-                    o, n = results[("old", think, level)], results[("new", think, level)]
+                    o, n = results[("old", think, level)], results[(other, think, level)]
                     mode = "saturation" if think <= 0 else f"think {think:g} s"
                     print(f"{mode:>12} {level:3d} labelers: submissions/s x{n['rate'] / o['rate']:.2f} | submit p99 "
                           f"{pct(o['submit'], 99):.0f} -> {pct(n['submit'], 99):.0f} ms | next p99 "

@@ -123,6 +123,15 @@ def enable_legacy_tokens(db: str, token: str) -> str:
     return row[0] if row else token
 
 
+def analyze(db: str) -> None:
+    import psycopg
+
+    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
+    with psycopg.connect(host=pg.hostname or "127.0.0.1", port=pg.port or 5432, user=pg.username or "postgres",
+                         password=pg.password or None, dbname=db, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
 def make_project(url: str, token: str, n_tasks: int) -> tuple[int, list[int]]:
     headers = {"Authorization": f"Token {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
@@ -225,6 +234,7 @@ def main() -> int:
         token = enable_legacy_tokens(args.ls_database, token)
         for n in args.annotators:
             project, ids = make_project(url, token, n * args.per_annotator)
+            analyze(args.ls_database)  # statistics for its fresh tables too, as ours get (labeling.setup)
             ls_results[n] = asyncio.run(ls_level(url, token, project, ids, n, args.per_annotator, args.seconds))
             print(line("Label Studio", n, ls_results[n]), flush=True)
     except Unavailable as exc:

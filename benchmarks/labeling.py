@@ -107,18 +107,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def web_command(setup_name: str, port: int, workers: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and extra environment of one set-up."""
+def web_command(setup_name: str, port: int, workers: int, app: str = "config.asgi:application"
+                ) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of one set-up (``app``: the ASGI application to serve)."""
     if setup_name == "old":
-        return ([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+        return ([sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
                  str(port), "--no-access-log", "--log-level", "warning"], {"DB_POOL_MAX_SIZE": "0"})
     if setup_name == "granian":
         # asginl: Django's ASGI handler refuses lifespan scopes; one blocking thread is what Granian runs
         # sync code on (none here: Django hops to its own thread pool, config/asgi_handler.py)
         return ([sys.executable, "-m", "granian", "--interface", "asginl", "--workers", str(workers), "--host",
                  "127.0.0.1", "--port", str(port), "--no-ws", "--loop", "uvloop", "--log-level", "warning",
-                 "--no-access-log", "config.asgi:application"], {})
-    return ([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py", "config.asgi:application"],
+                 "--no-access-log", app], {})
+    return ([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn_conf.py", app],
             {"WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers), "WEB_LOG_LEVEL": "warning"})
 
 
@@ -132,9 +133,10 @@ def check_setup(name: str) -> None:
                              ".venv/bin/pip install 'granian>=2,<3' (or leave granian out of --setups)")
 
 
-def start_web(setup_name: str, workers: int, pool: int) -> tuple[subprocess.Popen, str]:
+def start_web(setup_name: str, workers: int, pool: int, app: str = "config.asgi:application"
+              ) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd, extra = web_command(setup_name, port, workers)
+    cmd, extra = web_command(setup_name, port, workers, app)
     env = {**os.environ, "FEEDBACK_GOLD_RATE": "0", "DEBUG": "true", "PYTHONUNBUFFERED": "1",
            "DB_POOL_MAX_SIZE": str(pool), **extra}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
@@ -339,6 +341,8 @@ def main() -> None:
     ap.add_argument("--think-dist", choices=["exp", "uniform"], default="exp",
                     help="think time distribution: exponential of that mean, or uniform on [mean/2, 3 mean/2]")
     ap.add_argument("--seed", type=int, default=0, help="seeds the think times and the rankings")
+    ap.add_argument("--asgi-app", default="config.asgi:application",
+                    help="the ASGI application every set-up serves (e.g. to compare a handler variant)")
     args = ap.parse_args()
     for name in args.setups:
         check_setup(name)
@@ -364,7 +368,7 @@ def main() -> None:
                 f"{'uvicorn ' if name == 'new' else ''}workers, pool {args.pool}/worker"
             print(f"== {name}: {desc}; database {connection.vendor}; cpus {os.cpu_count()}; "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
-            proc, url = start_web(name, workers, 0 if name == "old" else args.pool)
+            proc, url = start_web(name, workers, 0 if name == "old" else args.pool, args.asgi_app)
             created: list[int] = []
             try:
                 offset = 0

@@ -105,18 +105,23 @@ def _progress_sql(connection) -> str:
         f"SELECT (SELECT COUNT(*) FROM {ranking} WHERE labeler_id = %s AND created_at >= %s),"
         f" (SELECT COUNT(*) FROM {ranking} WHERE labeler_id = %s),"
         f" (SELECT COUNT(*) FROM {assignment} WHERE labeler_id = %s AND status = %s),"
-        f" (SELECT COUNT(*) FROM {task} WHERE state = %s AND is_gold = %s),"
-        f" (SELECT COUNT(*) FROM {assignment} a INNER JOIN {task} t ON t.id = a.task_id"
-        f"  WHERE a.labeler_id = %s AND t.state = %s AND t.is_gold = %s),"
+        # open tasks this labeler has no lease or ranking on, counted up to one past the cap: bounded work
+        # per request however long the queue (a count of every open task grew PostgreSQL's CPU per
+        # submission from 6.7 to 10.3 ms between 1,500 and 20,000 tasks), through the unique (labeler, task) index
+        f" (SELECT COUNT(*) FROM (SELECT 1 FROM {task} t WHERE t.state = %s AND t.is_gold = %s AND NOT EXISTS"
+        f"  (SELECT 1 FROM {assignment} a WHERE a.labeler_id = %s AND a.task_id = t.id) LIMIT %s) unseen),"
         f" (SELECT reliability FROM {stats} WHERE labeler_id = %s),"
         f" (SELECT gold_accuracy FROM {stats} WHERE labeler_id = %s)")
 
 
 _PROGRESS_SQL: dict[str, str] = {}
+# ``in_queue`` is exact up to this many tasks; beyond it the answer says "at least this many" (in_queue_capped)
+QUEUE_COUNT_CAP = 1000
 
 
 def progress(labeler) -> dict:
-    """Done today / in total, skips, and how many tasks are still in this labeler's queue.
+    """Done today / in total, skips, and how many tasks are still in this labeler's queue (exact up to
+    ``QUEUE_COUNT_CAP``; ``in_queue_capped`` says there are more).
 
     Sent with every next/submit/skip answer, so it is ONE query (five counts and two stats columns as
     scalar subqueries) instead of five. Its SQL is written once per database vendor rather than built by
@@ -132,15 +137,16 @@ def progress(labeler) -> dict:
     start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     pk, open_ = labeler.pk, ComparisonTask.State.OPEN.value
     params = [pk, connection.ops.adapt_datetimefield_value(start), pk, pk, Assignment.Status.SKIPPED.value,
-              open_, False, pk, open_, False, pk, pk]
+              open_, False, pk, QUEUE_COUNT_CAP + 1, pk, pk]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        done_today, done_total, skipped, open_tasks, seen_open, reliability, gold_accuracy = cursor.fetchone()
+        done_today, done_total, skipped, unseen, reliability, gold_accuracy = cursor.fetchone()
     return {
         "done_today": done_today,
         "done_total": done_total,
         "skipped": skipped,
-        "in_queue": max(0, open_tasks - seen_open),
+        "in_queue": min(unseen, QUEUE_COUNT_CAP),
+        "in_queue_capped": unseen > QUEUE_COUNT_CAP,
         "reliability": 1.0 if reliability is None else reliability,
         "gold_accuracy": gold_accuracy,
     }

@@ -29,7 +29,8 @@ class ProgressOut(serializers.Serializer):
     done_today = serializers.IntegerField()
     done_total = serializers.IntegerField()
     skipped = serializers.IntegerField()
-    in_queue = serializers.IntegerField()
+    in_queue = serializers.IntegerField(help_text="open tasks not yet seen by this labeler, at most the cap (1000)")
+    in_queue_capped = serializers.BooleanField(help_text="true when there are more than in_queue (shown as 1000+)")
     reliability = serializers.FloatField()
     gold_accuracy = serializers.FloatField(allow_null=True)
 

@@ -32,7 +32,7 @@
   function setProgress(p) {
     if (!p) return;
     $("#done-today").textContent = p.done_today;
-    $("#in-queue").textContent = p.in_queue;
+    $("#in-queue").textContent = p.in_queue + (p.in_queue_capped ? "+" : "");
   }
 
   async function call(path, body) {

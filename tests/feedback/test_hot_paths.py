@@ -52,7 +52,8 @@ def test_stats_is_one_query_after_auth(api, django_assert_num_queries):
     make_task()
     with django_assert_num_queries(2):  # token + user + roles, progress
         stats = api.get("/api/label/stats/").json()
-    assert stats == {"done_today": 0, "done_total": 0, "skipped": 0, "in_queue": 1, "reliability": 1.0,
+    assert stats == {"done_today": 0, "done_total": 0, "skipped": 0, "in_queue": 1, "in_queue_capped": False,
+                     "reliability": 1.0,
                      "gold_accuracy": None}
 
 
@@ -91,12 +92,14 @@ def test_progress_sql_equals_orm_counts(labeler, settings):
             "done_total": Ranking.objects.filter(labeler=labeler).count(),
             "skipped": Assignment.objects.filter(labeler=labeler, status=Assignment.Status.SKIPPED).count(),
             "in_queue": open_tasks.count() - Assignment.objects.filter(labeler=labeler, task__in=open_tasks).count(),
+            "in_queue_capped": False,
             "reliability": stats.reliability if stats else 1.0,
             "gold_accuracy": stats.gold_accuracy if stats else None,
         }
 
     got = selectors.progress(labeler)
-    assert got == expected() == {"done_today": 1, "done_total": 2, "skipped": 1, "in_queue": 0, "reliability": 1.0,
+    assert got == expected() == {"done_today": 1, "done_total": 2, "skipped": 1, "in_queue": 0,
+                                 "in_queue_capped": False, "reliability": 1.0,
                                  "gold_accuracy": None}
     LabelerStats.objects.create(labeler=labeler, reliability=0.75, gold_accuracy=0.5)
     assert selectors.progress(labeler) == expected()
@@ -176,3 +179,30 @@ def test_compiled_lookups_resume_and_refuse_as_before(api):
     other = make_task()
     assert api.post(f"/api/label/tasks/{other.id}/submit/", order, format="json").status_code == 409
     assert api.post(f"/api/label/tasks/{first['task']['task_id']}/submit/", order, format="json").status_code == 201
+
+
+
+def test_queue_count_is_capped(labeler, settings, monkeypatch):
+    """The queue count does bounded work per request: exact up to the cap, then "cap+" (in_queue_capped);
+    gold tasks and the tasks this labeler has seen (leased, skipped) are left out as before."""
+    from feedback import selectors, services
+
+    settings.FEEDBACK_GOLD_RATE = 0.0
+    monkeypatch.setattr(selectors, "QUEUE_COUNT_CAP", 2)
+    for _ in range(4):
+        make_task()
+    make_task(is_gold=True)
+
+    def queue() -> tuple[int, bool]:
+        got = selectors.progress(labeler)
+        return got["in_queue"], got["in_queue_capped"]
+
+    assert queue() == (2, True)  # 4 unseen
+    lease = services.next_task(labeler)
+    assert queue() == (2, True)  # 3 unseen
+    services.skip_task(labeler, lease.task.id, "cannot judge")
+    lease = services.next_task(labeler)
+    assert queue() == (2, False)  # 2 unseen: exactly the cap
+    services.skip_task(labeler, lease.task.id, "cannot judge")
+    services.next_task(labeler)
+    assert queue() == (1, False)

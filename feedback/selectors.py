@@ -123,7 +123,7 @@ def progress(labeler) -> dict:
     """Done today / in total, skips, and how many tasks are still in this labeler's queue (exact up to
     ``QUEUE_COUNT_CAP``; ``in_queue_capped`` says there are more).
 
-    Sent with every next/submit/skip answer, so it is ONE query (five counts and two stats columns as
+    Sent with every next/submit/skip answer, so it is ONE query (four counts and two stats columns as
     scalar subqueries) instead of five. Its SQL is written once per database vendor rather than built by
     the ORM on each call: compiling the equivalent annotated queryset cost more CPU than the rest of a
     ``next`` request's queries together (docs/web-tier.md, "Labeling CPU per request"). Equal to the ORM

@@ -133,18 +133,24 @@ def check_setup(name: str) -> None:
                              ".venv/bin/pip install 'granian>=2,<3' (or leave granian out of --setups)")
 
 
-def start_web(setup_name: str, workers: int, pool: int, app: str = "config.asgi:application"
-              ) -> tuple[subprocess.Popen, str]:
+def start_web(setup_name: str, workers: int, pool: int, app: str = "config.asgi:application",
+              production: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start one set-up; ``production``: ``DEBUG=false`` as deployed (no query log, no static finders), plain
+    HTTP on loopback (``SECURE_SSL_REDIRECT=false``: a TLS proxy would sit in front)."""
+    import secrets
+
     port = free_port()
     cmd, extra = web_command(setup_name, port, workers, app)
-    env = {**os.environ, "FEEDBACK_GOLD_RATE": "0", "DEBUG": "true", "PYTHONUNBUFFERED": "1",
-           "DB_POOL_MAX_SIZE": str(pool), **extra}
+    mode = ({"DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50), "SECURE_SSL_REDIRECT": "false"}
+            if production else {"DEBUG": "true"})
+    env = {**os.environ, "FEEDBACK_GOLD_RATE": "0", "PYTHONUNBUFFERED": "1", "DB_POOL_MAX_SIZE": str(pool),
+           **mode, **extra}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/accounts/login/", timeout=2).status_code == 200:
+        try:  # any answer from Django (401: no token) means it serves; pages need collectstatic without DEBUG
+            if httpx.get(f"{url}/api/label/stats/", timeout=2).status_code < 500:
                 return proc, url
         except httpx.TransportError:
             pass
@@ -343,6 +349,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seeds the think times and the rankings")
     ap.add_argument("--asgi-app", default="config.asgi:application",
                     help="the ASGI application every set-up serves (e.g. to compare a handler variant)")
+    ap.add_argument("--production-settings", action="store_true",
+                    help="serve with DEBUG=false as deployed (default: DEBUG=true, as the numbers before)")
     args = ap.parse_args()
     for name in args.setups:
         check_setup(name)
@@ -366,9 +374,11 @@ def main() -> None:
             desc = "1 uvicorn process, no pool" if name == "old" else \
                 f"{'gunicorn' if name == 'new' else 'granian'}, {workers} " \
                 f"{'uvicorn ' if name == 'new' else ''}workers, pool {args.pool}/worker"
-            print(f"== {name}: {desc}; database {connection.vendor}; cpus {os.cpu_count()}; "
+            print(f"== {name}: {desc}; DEBUG={not args.production_settings}; database {connection.vendor}; "
+                  f"cpus {os.cpu_count()}; "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
-            proc, url = start_web(name, workers, 0 if name == "old" else args.pool, args.asgi_app)
+            proc, url = start_web(name, workers, 0 if name == "old" else args.pool, args.asgi_app,
+                                  args.production_settings)
             created: list[int] = []
             try:
                 offset = 0

@@ -206,3 +206,16 @@ def test_queue_count_is_capped(labeler, settings, monkeypatch):
     services.skip_task(labeler, lease.task.id, "cannot judge")
     services.next_task(labeler)
     assert queue() == (1, False)
+
+
+def test_ranking_page_shows_a_capped_queue_with_a_plus(labeler, client, settings, monkeypatch):
+    from feedback import selectors
+
+    settings.FEEDBACK_GOLD_RATE = 0.0
+    monkeypatch.setattr(selectors, "QUEUE_COUNT_CAP", 2)
+    for _ in range(3):
+        make_task()
+    client.force_login(labeler)
+    assert '<span class="stat" id="in-queue">2+</span>' in client.get("/label/").content.decode()
+    monkeypatch.setattr(selectors, "QUEUE_COUNT_CAP", 3)
+    assert '<span class="stat" id="in-queue">3</span>' in client.get("/label/").content.decode()

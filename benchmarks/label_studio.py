@@ -106,6 +106,15 @@ def start_label_studio(exe: Path, db: str, token: str, timeout: float) -> tuple[
     raise Unavailable(f"label-studio did not answer /health within {timeout:.0f} s (see {LS_DIR / 'server.log'})")
 
 
+def connect(db: str):
+    """An autocommit connection to Label Studio's database, on the server DATABASE_URL names."""
+    import psycopg
+
+    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
+    return psycopg.connect(host=pg.hostname or "127.0.0.1", port=pg.port or 5432, user=pg.username or "postgres",
+                           password=pg.password or None, dbname=db, autocommit=True)
+
+
 def enable_legacy_tokens(db: str, token: str) -> str:
     """Label Studio >= 1.17 starts with legacy API tokens off (its personal access tokens are JWTs to refresh).
     An admin turns them on in Organization -> API token settings; the benchmark owns the database, so it sets
@@ -113,9 +122,7 @@ def enable_legacy_tokens(db: str, token: str) -> str:
     `--user-token` set when the user was first created (a later start keeps it)."""
     import psycopg
 
-    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
-    with psycopg.connect(host=pg.hostname or "127.0.0.1", port=pg.port or 5432, user=pg.username or "postgres",
-                         password=pg.password or None, dbname=db, autocommit=True) as conn:
+    with connect(db) as conn:
         with contextlib.suppress(psycopg.errors.UndefinedTable):  # older Label Studio: legacy tokens only
             conn.execute("UPDATE jwt_auth_jwtsettings SET legacy_api_tokens_enabled = true")
         row = conn.execute("SELECT t.key FROM authtoken_token t JOIN htx_user u ON u.id = t.user_id "
@@ -124,11 +131,7 @@ def enable_legacy_tokens(db: str, token: str) -> str:
 
 
 def analyze(db: str) -> None:
-    import psycopg
-
-    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
-    with psycopg.connect(host=pg.hostname or "127.0.0.1", port=pg.port or 5432, user=pg.username or "postgres",
-                         password=pg.password or None, dbname=db, autocommit=True) as conn:
+    with connect(db) as conn:
         conn.execute("ANALYZE")
 
 

@@ -409,12 +409,12 @@ def main() -> None:
                               f"web CPU {s['cpu_ms']:.1f} ms/submission | "
                               f"{len(s['created'])} stored in {s['wall']:.1f} s, {len(s['errors'])} errors "
                               f"{s['errors'][:2]} | load {s['load']:.1f}", flush=True)
-                        ours = (s["cpu_ms"] + s["db_ms"] + s["gen_ms"]) / per / s["wall"]
+                        total_ms = s["cpu_ms"] + s["db_ms"] + s["gen_ms"]
                         print(f"{'':>12} CPU ms/submission: web {s['cpu_ms']:.1f}, PostgreSQL {s['db_ms']:.1f}, "
-                              f"load generator {s['gen_ms']:.1f}; cores busy: these {ours:.2f}, machine "
+                              f"load generator {s['gen_ms']:.1f}; cores busy: these "
+                              f"{total_ms * max(1, len(s['created'])) / 1000 / s['wall']:.2f}, machine "
                               f"{s['busy_s'] / s['wall']:.2f} of {os.cpu_count()}; ceiling at this CPU cost "
-                              f"{os.cpu_count() * 1000 / (s['cpu_ms'] + s['db_ms'] + s['gen_ms']):.0f} "
-                              f"submissions/s", flush=True)
+                              f"{os.cpu_count() * 1000 / total_ms:.0f} submissions/s", flush=True)
             finally:
                 stop_web(proc)
             check = integrity(created)
